@@ -1,0 +1,21 @@
+"""Declares the Cython extension; everything else is in pyproject.toml."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "pagescan._core",
+        ["src/pagescan/_core.pyx"],
+        include_dirs=["src/pagescan"],
+        extra_compile_args=["-O3", "-Wno-unused-function"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": "3"},
+        include_path=["src/pagescan"],
+    )
+)

@@ -1,0 +1,84 @@
+"""Argument checks shared by the compiled core and the reference.
+
+Both implementations call these so that they accept the same input and raise the
+same exception, with the same message, for the same mistake.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_UNSIGNED = frozenset("BHILQN")
+_SIGNED = frozenset("bhilqn")
+U64_MAX = (1 << 64) - 1
+
+
+def check_uint_buffer(obj: Any, name: str, *, itemsizes: tuple[int, ...] = (1, 2, 4, 8)
+                      ) -> memoryview:
+    """A 1-D, C-contiguous, native-endian buffer of unsigned integers, as a memoryview."""
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        raise TypeError(
+            f"{name} must support the buffer protocol (array.array, numpy array, "
+            f"memoryview), not {type(obj).__name__}") from None
+    fmt = mv.format
+    if fmt[:1] in ("@", "=", "<"):
+        fmt = fmt[1:]
+    elif fmt[:1] in (">", "!"):
+        raise TypeError(f"{name} must be native-endian; got big-endian format {mv.format!r}")
+    if fmt in _SIGNED:
+        raise TypeError(f"{name} must hold unsigned integers; got signed format {mv.format!r}")
+    if fmt not in _UNSIGNED:
+        raise TypeError(f"{name} must hold unsigned 8, 16, 32 or 64-bit integers; "
+                        f"got format {mv.format!r}")
+    if mv.itemsize not in itemsizes:
+        sizes = ", ".join(str(8 * s) for s in itemsizes)
+        raise TypeError(f"{name} items must be {sizes}-bit; got {8 * mv.itemsize}-bit")
+    if mv.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional; got {mv.ndim} dimensions")
+    if not mv.c_contiguous:
+        raise ValueError(f"{name} must be contiguous (a strided view was given)")
+    return mv
+
+
+def check_int(value: Any, name: str, *, minimum: int = 0, maximum: int = U64_MAX,
+              allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    value = value.__index__()
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}; got {value}")
+    return value
+
+
+def check_page_size(page_size: Any) -> int:
+    ps = check_int(page_size, "page_size", minimum=1, maximum=1 << 40)
+    assert ps is not None
+    if ps & (ps - 1):
+        raise ValueError(f"page_size must be a power of two; got {ps}")
+    return ps
+
+
+def check_range(start: Any, npages: int, page_size: int) -> int:
+    """Check ``start`` and that the range fits below 2**64; return ``end``."""
+    s = check_int(start, "start")
+    assert s is not None
+    if s % page_size:
+        raise ValueError(f"start=0x{s:x} is not aligned to page_size={page_size}")
+    end = s + npages * page_size
+    if end > U64_MAX + 1:
+        raise ValueError(f"start + {npages} pages of {page_size} bytes overflows 64 bits")
+    return end
+
+
+def check_limits(max_pages: Any, max_regions: Any) -> tuple[int, int]:
+    """``(max_pages, max_regions)`` with 0 / -1 meaning "no limit" respectively."""
+    mp = check_int(max_pages, "max_pages")
+    mr = check_int(max_regions, "max_regions", allow_none=True, maximum=(1 << 63) - 1)
+    assert mp is not None
+    return mp, (-1 if mr is None else mr)

@@ -1,0 +1,416 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True
+"""The compiled core: per-page categories -> page_region runs, exactly as the kernel.
+
+``_reference.py`` is the readable definition of every function here; the two are
+kept equal by the hypothesis tests. Arguments are checked by the shared
+``_args`` helpers (O(1) per call) so that both raise the same errors.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE
+
+import array as _array
+
+from pagescan._args import (check_int, check_limits, check_page_size, check_range,
+                            check_uint_buffer)
+from pagescan._types import Category, PageRegion, ScanResult, coerce_masks
+
+include "_kernel.pxi"
+
+IMPLEMENTATION = "cython"
+#: Checked by pagescan/__init__.py: a stale build fails loudly at import.
+CORE_ABI = 1
+
+DEF HOLE_BIT = 63
+
+cdef uint64_t PM_PFN_MASK = (<uint64_t>1 << 55) - 1
+cdef uint64_t PM_SOFT_DIRTY = <uint64_t>1 << 55
+cdef uint64_t PM_UFFD_WP = <uint64_t>1 << 57
+cdef uint64_t PM_GUARD = <uint64_t>1 << 58
+cdef uint64_t PM_FILE = <uint64_t>1 << 61
+cdef uint64_t PM_SWAP = <uint64_t>1 << 62
+cdef uint64_t PM_PRESENT = <uint64_t>1 << 63
+
+
+# ----------------------------------------------------------------- RegionArray
+
+
+cdef class RegionArray:
+    """Regions laid out as ``struct page_region`` (three u64 each: start, end, categories).
+
+    Exposes the buffer protocol as a read-only ``(n, 3)`` uint64 array, so
+    ``numpy.asarray(regions)`` and ``memoryview(regions)`` share its memory.
+    Iterates as :class:`PageRegion`.
+    """
+
+    cdef uint64_t* data
+    cdef Py_ssize_t n, cap
+    cdef int exports
+    cdef Py_ssize_t shape[2]
+    cdef Py_ssize_t strides[2]
+
+    def __cinit__(self):
+        self.data = NULL
+        self.n = 0
+        self.cap = 0
+        self.exports = 0
+
+    def __init__(self, regions=()):
+        for r in regions:
+            start, end, cats = r
+            self.append(start, end, cats)
+
+    def __dealloc__(self):
+        free(self.data)
+
+    cdef int reserve(self, Py_ssize_t need) except -1:
+        """Make room for at least ``need`` regions in total."""
+        if need <= self.cap:
+            return 0
+        if self.exports:
+            raise BufferError("RegionArray cannot grow while a buffer view of it exists")
+        if grow_regions(&self.data, &self.cap, need) < 0:
+            raise MemoryError()
+        return 0
+
+    cpdef append(self, uint64_t start, uint64_t end, uint64_t categories):
+        self.reserve(self.n + 1)
+        self.data[3 * self.n] = start
+        self.data[3 * self.n + 1] = end
+        self.data[3 * self.n + 2] = categories
+        self.n += 1
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        cdef Py_ssize_t j
+        if isinstance(i, slice):
+            out = RegionArray()
+            for j in range(*i.indices(self.n)):
+                out.append(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
+            return out
+        j = i
+        if j < 0:
+            j += self.n
+        if j < 0 or j >= self.n:
+            raise IndexError("RegionArray index out of range")
+        return PageRegion(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
+
+    def __iter__(self):
+        cdef Py_ssize_t j
+        for j in range(self.n):
+            yield PageRegion(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
+
+    def __eq__(self, other):
+        cdef RegionArray o
+        if isinstance(other, RegionArray):
+            o = other
+            return o.n == self.n and all(
+                self.data[k] == o.data[k] for k in range(3 * self.n))
+        try:
+            return list(self) == [tuple(r) for r in other]
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self):
+        inner = ", ".join(f"(0x{s:x}, 0x{e:x}, {c!r})" for s, e, c in list(self[:4]))
+        more = ", ..." if self.n > 4 else ""
+        return f"RegionArray([{inner}{more}], len={self.n})"
+
+    def pages(self, page_size=4096):
+        """Total number of pages in all regions."""
+        cdef uint64_t ps = check_page_size(page_size), total = 0
+        cdef Py_ssize_t j
+        for j in range(self.n):
+            total += (self.data[3 * j + 1] - self.data[3 * j]) // ps
+        return total
+
+    def addresses(self, page_size=4096):
+        """The address of every page of every region, ascending, as ``array('Q')``."""
+        cdef uint64_t ps = check_page_size(page_size)
+        cdef uint64_t count = self.pages(ps), a
+        cdef Py_ssize_t j, k = 0
+        out = _array.array("Q", bytes(8 * count))
+        cdef uint64_t[::1] dst = out
+        for j in range(self.n):
+            a = self.data[3 * j]
+            while a < self.data[3 * j + 1]:
+                dst[k] = a
+                k += 1
+                a += ps
+        return out
+
+    def tolist(self):
+        return list(self)
+
+    @property
+    def nbytes(self):
+        return self.n * 24
+
+    def memoryview(self):
+        """A read-only ``(n, 3)`` uint64 memoryview of the regions, no copy."""
+        return memoryview(self)
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("RegionArray is read-only")
+        self.shape[0] = self.n
+        self.shape[1] = 3
+        self.strides[0] = 24
+        self.strides[1] = 8
+        buffer.buf = <void*>self.data if self.data != NULL else <void*>&self.shape[0]
+        buffer.obj = self
+        buffer.len = self.n * 24
+        buffer.readonly = 1
+        buffer.itemsize = 8
+        buffer.format = "Q"
+        buffer.ndim = 2
+        buffer.shape = self.shape
+        buffer.strides = self.strides
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.exports -= 1
+
+
+cdef int grow_regions(uint64_t** data, Py_ssize_t* cap, Py_ssize_t need) noexcept nogil:
+    """Grow a page_region array to hold ``need`` regions (geometric); -1 on ENOMEM."""
+    cdef Py_ssize_t newcap = cap[0] * 2 if cap[0] else 64
+    cdef uint64_t* p
+    if need <= cap[0]:
+        return 0
+    if newcap < need:
+        newcap = need
+    p = <uint64_t*>realloc(data[0], <size_t>newcap * 24)
+    if p == NULL:
+        return -1
+    data[0] = p
+    cap[0] = newcap
+    return 0
+
+
+# ------------------------------------------------------------------- scan_pages
+
+
+ctypedef fused cat_t:
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
+
+
+cdef struct Filter:
+    uint64_t inverted, mask, anyof, ret
+    uint64_t max_pages      # 0: no limit
+    int64_t max_regions     # -1: no limit
+
+
+cdef int scan_run(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,
+                  const Filter* f, uint64_t** data, Py_ssize_t* nreg, Py_ssize_t* cap,
+                  uint64_t* walk_end) noexcept nogil:
+    """The kernel's filter/merge/stop rules over ``n`` pages; -1 on ENOMEM.
+
+    ``*walk_end`` is left alone on normal completion (the caller set it to end).
+    """
+    cdef Py_ssize_t i, k = nreg[0]          # k: regions in the array (last one open)
+    cdef uint64_t c, x, o, addr, found = 0
+    cdef uint64_t cur_end = 0, cur_cat = 0
+    cdef bint have = False
+    cdef uint64_t inv = f.inverted, mask = f.mask, anyof = f.anyof, ret = f.ret
+    cdef uint64_t max_pages = f.max_pages
+    cdef int64_t max_regions = f.max_regions
+    for i in range(n):
+        c = cats[i]
+        if cat_t is uint64_t:
+            if c >> HOLE_BIT:
+                continue
+        x = c ^ inv
+        if (x & mask) != mask:
+            continue
+        if anyof != 0 and (x & anyof) == 0:
+            continue
+        addr = start + <uint64_t>i * ps
+        if max_pages != 0 and found == max_pages:
+            walk_end[0] = addr
+            break
+        o = c & ret
+        if have and addr == cur_end and o == cur_cat:
+            cur_end += ps
+        else:
+            if max_regions >= 0 and k == max_regions:
+                walk_end[0] = addr
+                break
+            if have:
+                data[0][3 * k - 2] = cur_end
+            if k >= cap[0] and grow_regions(data, cap, k + 1) < 0:
+                nreg[0] = k
+                return -1
+            data[0][3 * k] = addr
+            data[0][3 * k + 2] = o
+            k += 1
+            have = True
+            cur_end = addr + ps
+            cur_cat = o
+        found += 1
+    if have:
+        data[0][3 * k - 2] = cur_end
+    nreg[0] = k
+    return 0
+
+
+def scan_pages(categories, start=0, page_size=4096, masks=None, max_pages=0,
+               max_regions=None):
+    """Filter and merge per-page categories into regions, as PAGEMAP_SCAN does.
+
+    ``categories[i]`` belongs to the page at ``start + i * page_size``. Returns
+    ``ScanResult(regions, walk_end)``. See KERNEL-SPEC.md §3-4.
+    """
+    mv = check_uint_buffer(categories, "categories")
+    ps_ = check_page_size(page_size)
+    end_ = check_range(start, len(mv), ps_)
+    m = coerce_masks(masks)
+    mp, mr = check_limits(max_pages, max_regions)
+    cdef RegionArray out = RegionArray()
+    if m.matches_nothing:
+        return ScanResult(out, end_)
+    cdef Filter f
+    f.inverted = m.inverted
+    f.mask = m.mask
+    f.anyof = m.anyof
+    f.ret = m.return_mask
+    f.max_pages = mp
+    f.max_regions = mr
+    cdef uint64_t s = start, ps = ps_
+    cdef uint64_t walk_end = <uint64_t>(end_ & 0xFFFFFFFFFFFFFFFF)
+    cdef Py_buffer view
+    cdef Py_ssize_t n = len(mv)
+    cdef int rc = 0
+    cdef Py_ssize_t isz = mv.itemsize
+    PyObject_GetBuffer(mv, &view, PyBUF_ANY_CONTIGUOUS)
+    try:
+        with nogil:
+            if isz == 8:
+                rc = scan_run(<const uint64_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
+                              &out.cap, &walk_end)
+            elif isz == 4:
+                rc = scan_run(<const uint32_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
+                              &out.cap, &walk_end)
+            elif isz == 2:
+                rc = scan_run(<const uint16_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
+                              &out.cap, &walk_end)
+            else:
+                rc = scan_run(<const uint8_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
+                              &out.cap, &walk_end)
+    finally:
+        PyBuffer_Release(&view)
+    if rc < 0:
+        raise MemoryError()
+    if walk_end == 0 and end_ > 0xFFFFFFFFFFFFFFFF:
+        return ScanResult(out, end_)     # a range ending exactly at 2**64
+    return ScanResult(out, walk_end)
+
+
+# --------------------------------------------------------------------- pagemap
+
+
+def pagemap_to_categories(entries, *, wpallowed=False, none_written=False, zero_pfn=None,
+                          out=None):
+    """Categories derived from raw ``/proc/PID/pagemap`` entries (KERNEL-SPEC §7).
+
+    See ``pagescan._reference.pagemap_to_categories`` for the rules.
+    """
+    mv = check_uint_buffer(entries, "entries", itemsizes=(8,))
+    cdef Py_ssize_t n = len(mv), i
+    if out is None:
+        result = _array.array("Q", bytes(8 * n))
+        dmv = memoryview(result)
+    else:
+        dmv = check_uint_buffer(out, "out", itemsizes=(8,))
+        if dmv.readonly:
+            raise TypeError("out must be writable")
+        if len(dmv) != n:
+            raise ValueError(f"out has {len(dmv)} items; entries has {n}")
+        result = out
+    cdef bint have_zero = zero_pfn is not None
+    cdef uint64_t zpfn = check_int(zero_pfn, "zero_pfn") if have_zero else 0
+    cdef uint64_t base = Category.WPALLOWED if wpallowed else 0
+    cdef uint64_t none_cat = base | (<uint64_t>Category.WRITTEN if none_written else 0)
+    cdef uint64_t e, c
+    cdef Py_buffer src, dst
+    PyObject_GetBuffer(mv, &src, PyBUF_ANY_CONTIGUOUS)
+    try:
+        PyObject_GetBuffer(dmv, &dst, PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE)
+    except BaseException:
+        PyBuffer_Release(&src)
+        raise
+    cdef const uint64_t* ps = <const uint64_t*>src.buf
+    cdef uint64_t* pd = <uint64_t*>dst.buf
+    with nogil:
+        for i in range(n):
+            e = ps[i]
+            c = base
+            if e & PM_SOFT_DIRTY:
+                c |= 1 << 7
+            if (e & ~PM_SOFT_DIRTY) == 0:
+                c |= none_cat
+            else:
+                if e & PM_PRESENT:
+                    c |= 1 << 3
+                    if have_zero and (e & PM_PFN_MASK) == zpfn:
+                        c |= 1 << 5
+                if e & PM_SWAP:
+                    c |= 1 << 4
+                if e & PM_FILE:
+                    c |= 1 << 2
+                if e & PM_GUARD:
+                    c |= 1 << 8
+                if (e & PM_UFFD_WP) == 0:
+                    c |= 1 << 1
+            pd[i] = c
+    PyBuffer_Release(&dst)
+    PyBuffer_Release(&src)
+    return result
+
+
+# -------------------------------------------------------------------- coalesce
+
+
+cdef int coalesce_into(RegionArray out, const uint64_t* src, Py_ssize_t n) except -1:
+    """Append ``n`` page_regions to ``out``, merging at the seam and inside."""
+    cdef Py_ssize_t j
+    out.reserve(out.n + n)
+    cdef uint64_t* d = out.data
+    cdef Py_ssize_t k = out.n
+    for j in range(n):
+        if k and d[3 * k - 2] == src[3 * j] and d[3 * k - 1] == src[3 * j + 2]:
+            d[3 * k - 2] = src[3 * j + 1]
+        else:
+            d[3 * k] = src[3 * j]
+            d[3 * k + 1] = src[3 * j + 1]
+            d[3 * k + 2] = src[3 * j + 2]
+            k += 1
+    out.n = k
+    return 0
+
+
+def coalesce(*parts):
+    """Concatenate region lists in order, merging a region into the previous one
+    when it starts where that one ends and has the same categories: the repair
+    for a run that resumed calls split in two."""
+    cdef RegionArray out = RegionArray(), p
+    cdef uint64_t tmp[3]
+    for part in parts:
+        if isinstance(part, RegionArray):
+            p = part
+            coalesce_into(out, p.data, p.n)
+        else:
+            for r in part:
+                tmp[0], tmp[1], tmp[2] = r
+                coalesce_into(out, tmp, 1)
+    return out

@@ -1,0 +1,239 @@
+# Included by _core.pyx: the system calls behind the uffd backend.
+#
+# PAGEMAP_SCAN on /proc/self/pagemap and the userfaultfd ioctls, each issued
+# without the GIL. Failures raise OSError(errno, ...) exactly as the kernel said;
+# the backends translate them into pagescan's errors with the likely cause.
+
+from libc.errno cimport errno
+from libc.string cimport memmove
+
+cdef extern from "_kernel.h" nogil:
+    struct pagescan_pm_scan_arg:
+        uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages
+        uint64_t category_inverted, category_mask, category_anyof_mask, return_mask
+    unsigned long PAGESCAN_PAGEMAP_SCAN
+    uint64_t PAGESCAN_PM_SCAN_WP_MATCHING
+    uint64_t PAGESCAN_PM_SCAN_CHECK_WPASYNC
+    int UFFD_USER_MODE_ONLY
+    uint64_t UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+    uint64_t UFFD_FEATURE_WP_UNPOPULATED
+    uint64_t UFFD_FEATURE_WP_ASYNC
+    long pagescan_userfaultfd(int flags)
+    int ioctl(int fd, unsigned long request, ...)
+
+cdef extern from "<linux/userfaultfd.h>" nogil:
+    uint64_t UFFD_API
+    unsigned long UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT
+    uint64_t UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP
+    struct uffdio_api:
+        uint64_t api, features, ioctls
+    struct uffdio_range:
+        uint64_t start, len
+    struct uffdio_register:
+        uffdio_range range
+        uint64_t mode, ioctls
+    struct uffdio_writeprotect:
+        uffdio_range range
+        uint64_t mode
+
+cdef extern from "<fcntl.h>" nogil:
+    int O_CLOEXEC, O_NONBLOCK
+
+import os as _os
+
+PM_SCAN_WP_MATCHING = PAGESCAN_PM_SCAN_WP_MATCHING
+PM_SCAN_CHECK_WPASYNC = PAGESCAN_PM_SCAN_CHECK_WPASYNC
+FEATURE_WP_HUGETLBFS_SHMEM = UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+FEATURE_WP_UNPOPULATED = UFFD_FEATURE_WP_UNPOPULATED
+FEATURE_WP_ASYNC = UFFD_FEATURE_WP_ASYNC
+USER_MODE_ONLY = UFFD_USER_MODE_ONLY
+
+# Regions asked of the kernel per call when the caller set no limit: the first
+# chunk, then geometric growth (every call writes straight into the result).
+cdef uint64_t PAGE_SHIFT = int(_os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
+
+DEF FIRST_CHUNK = 512
+DEF MAX_CHUNK = 1 << 20
+
+
+cdef inline _oserror(int err, str what):
+    return OSError(err, f"{what}: {_os.strerror(err)}")
+
+
+cdef int pm_call(int fd, pagescan_pm_scan_arg* arg) noexcept nogil:
+    """One PAGEMAP_SCAN; returns regions written or -errno."""
+    cdef int r = ioctl(fd, PAGESCAN_PAGEMAP_SCAN, arg)
+    return -errno if r < 0 else r
+
+
+def pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags=0,
+                 uint64_t inverted=0, uint64_t mask=0, uint64_t anyof=0,
+                 uint64_t return_mask=0x1FF, uint64_t max_pages=0, uint64_t vec_len=512):
+    """Exactly one PAGEMAP_SCAN call, as the kernel answers it (walk_end included,
+    stale or not): ``(RegionArray, walk_end)``. For tests and probes."""
+    cdef RegionArray out = RegionArray()
+    cdef pagescan_pm_scan_arg a
+    cdef int r
+    out.reserve(vec_len if vec_len else 1)
+    a.size = sizeof(a)
+    a.flags = flags
+    a.start = start
+    a.end = end
+    a.walk_end = 0
+    a.vec = <uint64_t>out.data if vec_len else 0
+    a.vec_len = vec_len
+    a.max_pages = max_pages
+    a.category_inverted = inverted
+    a.category_mask = mask
+    a.category_anyof_mask = anyof
+    a.return_mask = return_mask
+    with nogil:
+        r = pm_call(fd, &a)
+    if r < 0:
+        raise _oserror(-r, "PAGEMAP_SCAN")
+    out.n = r
+    return out, a.walk_end
+
+
+def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
+            uint64_t max_pages=0, max_regions=None):
+    """PAGEMAP_SCAN over ``[start, end)`` until done: ``ScanResult(regions, walk_end)``.
+
+    Resumes on walk_end when the result outgrows a call, coalesces regions split
+    at call boundaries and returns the true resume point (the kernel's walk_end
+    goes stale when one call passes its 512-region bounce buffer and then
+    completes: a walk_end below the end of the last region reported is that
+    stale value, and the true one is ``end``). Same meaning as scan_pages().
+    """
+    m = coerce_masks(masks)
+    _, mr = check_limits(max_pages, max_regions)
+    if mr == 0:
+        raise ValueError("max_regions must be at least 1 for a kernel scan")
+    cdef RegionArray out = RegionArray()
+    if m.matches_nothing or start >= end:
+        return ScanResult(out, end if start < end else start)
+    cdef int64_t limit = mr
+    cdef pagescan_pm_scan_arg a
+    cdef Py_ssize_t chunk = FIRST_CHUNK, want, k0
+    cdef uint64_t found = 0, walk_end = end, last_end
+    cdef int r = 0
+    cdef Py_ssize_t i
+    cdef uint64_t* d
+    cdef uint64_t shift = PAGE_SHIFT
+    a.size = sizeof(a)
+    a.flags = flags
+    a.end = end
+    a.category_inverted, a.category_mask, a.category_anyof_mask, a.return_mask = m.to_kernel()
+    a.start = start
+    while True:
+        want = chunk
+        if limit >= 0 and want > limit - out.n:
+            want = limit - out.n
+        out.reserve(out.n + want)
+        k0 = out.n
+        a.walk_end = 0
+        a.vec = <uint64_t>(out.data + 3 * k0)
+        a.vec_len = want
+        a.max_pages = (max_pages - found) if max_pages else 0
+        with nogil:
+            r = pm_call(fd, &a)
+            if r > 0:
+                d = out.data
+                last_end = d[3 * (k0 + r) - 2]
+                if a.walk_end < last_end:        # stale: the call completed the range
+                    a.walk_end = end
+                for i in range(k0, k0 + r):
+                    found += (d[3 * i + 1] - d[3 * i]) >> shift
+                # coalesce the seam with the previous call's last region
+                if k0 and d[3 * k0 - 2] == d[3 * k0] and d[3 * k0 - 1] == d[3 * k0 + 2]:
+                    d[3 * k0 - 2] = d[3 * k0 + 1]
+                    memmove(d + 3 * k0, d + 3 * (k0 + 1), (r - 1) * 24)
+                    r -= 1
+        if r < 0:
+            raise _oserror(-r, "PAGEMAP_SCAN")
+        out.n = k0 + r
+        walk_end = a.walk_end
+        if walk_end >= end or (max_pages and found >= max_pages):
+            break
+        if limit >= 0 and out.n >= limit:
+            break
+        if walk_end <= a.start:
+            break                                # no progress (hugetlb withdrawn): stop here
+        a.start = walk_end
+        if chunk < MAX_CHUNK:
+            chunk *= 4
+    return ScanResult(out, walk_end)
+
+
+def uffd_open(int flags):
+    """userfaultfd(2) with O_CLOEXEC|O_NONBLOCK plus ``flags`` (e.g. USER_MODE_ONLY)."""
+    cdef long fd
+    with nogil:
+        fd = pagescan_userfaultfd(O_CLOEXEC | O_NONBLOCK | flags)
+    if fd < 0:
+        raise _oserror(errno, "userfaultfd")
+    return fd
+
+
+def uffd_api(int fd, uint64_t features):
+    """UFFDIO_API handshake; returns the features the kernel granted."""
+    cdef uffdio_api a
+    cdef int r
+    a.api = UFFD_API
+    a.features = features
+    a.ioctls = 0
+    with nogil:
+        r = ioctl(fd, UFFDIO_API, &a)
+    if r < 0:
+        raise _oserror(errno, "UFFDIO_API")
+    return a.features
+
+
+def uffd_register_wp(int fd, uint64_t start, uint64_t length):
+    """UFFDIO_REGISTER in write-protect mode."""
+    cdef uffdio_register reg
+    cdef int r
+    reg.range.start = start
+    reg.range.len = length
+    reg.mode = UFFDIO_REGISTER_MODE_WP
+    reg.ioctls = 0
+    with nogil:
+        r = ioctl(fd, UFFDIO_REGISTER, &reg)
+    if r < 0:
+        raise _oserror(errno, "UFFDIO_REGISTER")
+    return reg.ioctls
+
+
+def uffd_unregister(int fd, uint64_t start, uint64_t length):
+    cdef uffdio_range rng
+    cdef int r
+    rng.start = start
+    rng.len = length
+    with nogil:
+        r = ioctl(fd, UFFDIO_UNREGISTER, &rng)
+    if r < 0:
+        raise _oserror(errno, "UFFDIO_UNREGISTER")
+
+
+def uffd_writeprotect(int fd, uint64_t start, uint64_t length, bint protect=True):
+    """UFFDIO_WRITEPROTECT (set or clear) over a registered range."""
+    cdef uffdio_writeprotect wp
+    cdef int r
+    wp.range.start = start
+    wp.range.len = length
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
+    with nogil:
+        r = ioctl(fd, UFFDIO_WRITEPROTECT, &wp)
+    if r < 0:
+        raise _oserror(errno, "UFFDIO_WRITEPROTECT")
+
+
+def buffer_address(obj, bint writable=True):
+    """``(address, nbytes)`` of a contiguous buffer. The caller keeps a buffer
+    export (a memoryview) alive for as long as it uses the address."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0))
+    addr = <uint64_t>view.buf
+    n = view.len
+    PyBuffer_Release(&view)
+    return addr, n

@@ -1,0 +1,254 @@
+"""The core, in plain Python: the readable definition of what ``_core`` computes.
+
+This module is the oracle for the compiled core's tests and the implementation
+used when the extension is not built (``PAGESCAN_PUREPYTHON=1`` forces it). It
+follows KERNEL-SPEC.md §3-4 (filter, merge, limits, walk_end) and §7 (pagemap
+entries) line by line; speed is not a goal here.
+"""
+
+from __future__ import annotations
+
+import array
+from typing import Any, Iterable, Iterator, overload
+
+from ._args import check_int, check_limits, check_page_size, check_range, check_uint_buffer
+from ._types import HOLE, Category, PageRegion, ScanResult, coerce_masks
+
+__all__ = ["RegionArray", "scan_pages", "pagemap_to_categories", "coalesce", "IMPLEMENTATION"]
+
+IMPLEMENTATION = "python"
+
+# /proc/PID/pagemap entry bits (KERNEL-SPEC §7)
+PM_PFN_MASK = (1 << 55) - 1
+PM_SOFT_DIRTY = 1 << 55
+PM_EXCLUSIVE = 1 << 56
+PM_UFFD_WP = 1 << 57
+PM_GUARD = 1 << 58
+PM_FILE = 1 << 61
+PM_SWAP = 1 << 62
+PM_PRESENT = 1 << 63
+
+
+class RegionArray:
+    """Regions laid out as ``struct page_region`` (three u64 each: start, end, categories).
+
+    Iterates as :class:`PageRegion`. The pure-Python twin of the compiled class:
+    numpy sees it through ``__array_interface__`` (no copy); on Python 3.12+
+    ``memoryview()`` works too. On 3.11 use :meth:`memoryview`.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, regions: Iterable[Iterable[int]] = ()) -> None:
+        self._data = array.array("Q")
+        for r in regions:
+            start, end, cats = r
+            self._append(start, end, cats)
+
+    def _append(self, start: int, end: int, categories: int) -> None:
+        self._data.extend((start, end, categories))
+
+    # sequence protocol
+    def __len__(self) -> int:
+        return len(self._data) // 3
+
+    @overload
+    def __getitem__(self, i: int) -> PageRegion: ...
+    @overload
+    def __getitem__(self, i: slice) -> "RegionArray": ...
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            out = RegionArray()
+            for j in range(*i.indices(len(self))):
+                out._append(*self[j])
+            return out
+        n = len(self)
+        i = check_int(i, "index", minimum=-n, maximum=n - 1) if n else None
+        if i is None:
+            raise IndexError("RegionArray index out of range")
+        if i < 0:
+            i += n
+        d = self._data
+        return PageRegion(d[3 * i], d[3 * i + 1], d[3 * i + 2])
+
+    def __iter__(self) -> Iterator[PageRegion]:
+        d = self._data
+        for i in range(0, len(d), 3):
+            yield PageRegion(d[i], d[i + 1], d[i + 2])
+
+    def __eq__(self, other: object) -> bool:
+        try:
+            return list(self) == [tuple(r) for r in other]  # type: ignore[attr-defined]
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"(0x{s:x}, 0x{e:x}, {c!r})" for s, e, c in list(self)[:4])
+        more = ", ..." if len(self) > 4 else ""
+        return f"RegionArray([{inner}{more}], len={len(self)})"
+
+    # totals
+    def pages(self, page_size: int = 4096) -> int:
+        """Total number of pages in all regions."""
+        ps = check_page_size(page_size)
+        return sum((e - s) // ps for s, e, _ in self)
+
+    def addresses(self, page_size: int = 4096) -> array.array:
+        """The address of every page of every region, ascending, as ``array('Q')``."""
+        ps = check_page_size(page_size)
+        out = array.array("Q")
+        for s, e, _ in self:
+            out.extend(range(s, e, ps))
+        return out
+
+    def tolist(self) -> list[PageRegion]:
+        return list(self)
+
+    # zero-copy views
+    @property
+    def nbytes(self) -> int:
+        return len(self._data) * 8
+
+    def memoryview(self) -> memoryview:
+        """A read-only ``(n, 3)`` uint64 memoryview of the regions, no copy."""
+        mv = memoryview(self._data).toreadonly()
+        return mv.cast("B").cast("Q", (len(self), 3)) if len(self) else mv
+
+    def __buffer__(self, flags: int) -> memoryview:  # Python 3.12+
+        return self.memoryview()
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        addr, _ = self._data.buffer_info()
+        return {"shape": (len(self), 3), "typestr": "<u8", "data": (addr, True),
+                "version": 3}
+
+
+# --------------------------------------------------------------------------- scan
+
+
+def scan_pages(categories: Any, start: int = 0, page_size: int = 4096, masks: Any = None,
+               max_pages: int = 0, max_regions: int | None = None) -> ScanResult:
+    """Filter and merge per-page categories into regions, as PAGEMAP_SCAN does.
+
+    ``categories[i]`` belongs to the page at ``start + i * page_size``. Returns
+    ``ScanResult(regions, walk_end)``. See KERNEL-SPEC.md §3-4.
+    """
+    mv = check_uint_buffer(categories, "categories")
+    ps = check_page_size(page_size)
+    end = check_range(start, len(mv), ps)
+    m = coerce_masks(masks)
+    max_pages, max_regions = check_limits(max_pages, max_regions)
+    start = int(start)
+    out = RegionArray()
+    is64 = mv.itemsize == 8
+    if m.matches_nothing:
+        return ScanResult(out, end)
+    inverted, mask, anyof, ret = m.inverted, m.mask, m.anyof, m.return_mask
+
+    found = 0                  # pages reported so far
+    last_end = -1              # end of the last region (-1: no region yet)
+    last_cats = 0
+    for i, c in enumerate(mv):
+        if is64 and c & HOLE:
+            continue           # no mapping: never matches, and leaves a gap
+        x = c ^ inverted
+        if (x & mask) != mask or (anyof and not x & anyof):
+            continue           # not matching: the next match starts a new region
+        addr = start + i * ps
+        if max_pages and found == max_pages:
+            return ScanResult(out, addr)
+        o = c & ret
+        if addr == last_end and o == last_cats:
+            out._data[-2] = last_end = addr + ps     # extend the last region
+        else:
+            if max_regions >= 0 and len(out) == max_regions:
+                return ScanResult(out, addr)         # vec is full
+            out._append(addr, addr + ps, o)
+            last_end, last_cats = addr + ps, o
+        found += 1
+    return ScanResult(out, end)
+
+
+# ------------------------------------------------------------------------ pagemap
+
+
+def pagemap_to_categories(entries: Any, *, wpallowed: bool = False,
+                          none_written: bool = False, zero_pfn: int | None = None,
+                          out: Any = None) -> Any:
+    """Categories derived from raw ``/proc/PID/pagemap`` entries (KERNEL-SPEC §7).
+
+    Exact for PRESENT (bit 63), SWAPPED (62), GUARD (58), SOFT_DIRTY (55), FILE
+    (61; the huge zero page also sets it) and WRITTEN of non-zero entries (not
+    bit 57). What an entry cannot show comes from the caller:
+
+    * ``wpallowed``: OR WPALLOWED into every page (a property of the VMA);
+    * ``none_written``: whether an entry with no page (all zero, apart from bit
+      55) reads as WRITTEN. The kernel's answer depends on PTE-table existence,
+      which pagemap does not show; pass True for a uffd-wp registered range on
+      6.18.y (exact there), False (the default) reports "not written" for pages
+      that were never populated;
+    * ``zero_pfn``: the shared zero page's PFN, to set PFNZERO (PFNs read as 0
+      unless the opener had CAP_SYS_ADMIN);
+    * HUGE is never derived (the PMD mapping is not visible in pagemap).
+
+    Returns an ``array('Q')`` (or fills ``out``, a writable u64 buffer of the same
+    length, and returns it).
+    """
+    mv = check_uint_buffer(entries, "entries", itemsizes=(8,))
+    n = len(mv)
+    if out is None:
+        result: Any = array.array("Q", bytes(8 * n))
+        dst = memoryview(result)
+    else:
+        dst = check_uint_buffer(out, "out", itemsizes=(8,))
+        if dst.readonly:
+            raise TypeError("out must be writable")
+        if len(dst) != n:
+            raise ValueError(f"out has {len(dst)} items; entries has {n}")
+        result = out
+    zpfn = None if zero_pfn is None else check_int(zero_pfn, "zero_pfn")
+    base = int(Category.WPALLOWED) if wpallowed else 0
+    for i, e in enumerate(mv):
+        c = base
+        if e & PM_SOFT_DIRTY:
+            c |= Category.SOFT_DIRTY
+        if e & ~PM_SOFT_DIRTY == 0:        # no page: unmapped, pte_none or no table
+            if none_written:
+                c |= Category.WRITTEN
+        else:
+            if e & PM_PRESENT:
+                c |= Category.PRESENT
+                if zpfn is not None and e & PM_PFN_MASK == zpfn:
+                    c |= Category.PFNZERO
+            if e & PM_SWAP:
+                c |= Category.SWAPPED
+            if e & PM_FILE:
+                c |= Category.FILE
+            if e & PM_GUARD:
+                c |= Category.GUARD
+            if not e & PM_UFFD_WP:
+                c |= Category.WRITTEN
+        dst[i] = int(c)
+    return result
+
+
+# ----------------------------------------------------------------------- coalesce
+
+
+def coalesce(*parts: Iterable[Iterable[int]]) -> RegionArray:
+    """Concatenate region lists in order, merging a region into the previous one
+    when it starts where that one ends and has the same categories: the repair
+    for a run that resumed calls split in two."""
+    out = RegionArray()
+    d = out._data
+    for part in parts:
+        for r in part:
+            s, e, c = r
+            if len(d) and d[-2] == s and d[-1] == c:
+                d[-2] = e
+            else:
+                out._append(s, e, c)
+    return out
+
