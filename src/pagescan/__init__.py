@@ -13,6 +13,10 @@ from ._types import ALL_CATEGORIES, HOLE, Category, Masks, PageRegion, ScanResul
 from .errors import (AccessDenied, BackendUnavailable, KernelError, NoSuchProcess,
                      OverlapError, PagescanError, RangeError, TrackerClosed)
 
+from .memory import PAGE_SIZE, Memory, allocate
+from .tracker import PartialPageWarning, Tracker, track
+from .backends import backend_names, probe, probe_all
+
 __version__ = "0.1.0"
 
 RegionArray = _impl.RegionArray
@@ -24,5 +28,7 @@ __all__ = [
     "IMPLEMENTATION", "IMPORT_ERROR", "ALL_CATEGORIES", "HOLE", "Category", "Masks",
     "PageRegion", "ScanResult", "RegionArray", "scan_pages", "pagemap_to_categories",
     "coalesce", "PagescanError", "BackendUnavailable", "TrackerClosed", "RangeError",
-    "OverlapError", "AccessDenied", "NoSuchProcess", "KernelError",
+    "OverlapError", "AccessDenied", "NoSuchProcess", "KernelError", "PAGE_SIZE", "Memory",
+    "allocate", "PartialPageWarning", "Tracker", "track", "backend_names", "probe",
+    "probe_all",
 ]

@@ -65,13 +65,17 @@ def check_page_size(page_size: Any) -> int:
 
 
 def check_range(start: Any, npages: int, page_size: int) -> int:
-    """Check ``start`` and that the range fits below 2**64; return ``end``."""
+    """Check ``start`` and that the range fits in 64 bits; return ``end``.
+
+    ``end`` itself must be a u64 (``<= 2**64 - 1``): a region is three u64, so a
+    region ending at 2**64 could not be represented.
+    """
     s = check_int(start, "start")
     assert s is not None
     if s % page_size:
         raise ValueError(f"start=0x{s:x} is not aligned to page_size={page_size}")
     end = s + npages * page_size
-    if end > U64_MAX + 1:
+    if end > U64_MAX:
         raise ValueError(f"start + {npages} pages of {page_size} bytes overflows 64 bits")
     return end
 

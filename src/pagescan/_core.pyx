@@ -13,6 +13,7 @@ from libc.string cimport memcpy
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE
 
 import array as _array
+import operator
 
 from pagescan._args import (check_int, check_limits, check_page_size, check_range,
                             check_uint_buffer)
@@ -67,11 +68,15 @@ cdef class RegionArray:
         free(self.data)
 
     cdef int reserve(self, Py_ssize_t need) except -1:
-        """Make room for at least ``need`` regions in total."""
-        if need <= self.cap:
-            return 0
+        """Make room for at least ``need`` regions in total.
+
+        Refuses (BufferError) while a buffer view exists, even when the capacity
+        suffices: every caller then changes ``n``, which the views' shape fixed.
+        """
         if self.exports:
             raise BufferError("RegionArray cannot grow while a buffer view of it exists")
+        if need <= self.cap:
+            return 0
         if grow_regions(&self.data, &self.cap, need) < 0:
             raise MemoryError()
         return 0
@@ -93,11 +98,12 @@ cdef class RegionArray:
             for j in range(*i.indices(self.n)):
                 out.append(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
             return out
-        j = i
-        if j < 0:
-            j += self.n
-        if j < 0 or j >= self.n:
+        i = operator.index(i)
+        if i < 0:
+            i += self.n
+        if i < 0 or i >= self.n:
             raise IndexError("RegionArray index out of range")
+        j = i
         return PageRegion(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
 
     def __iter__(self):

@@ -237,3 +237,16 @@ def buffer_address(obj, bint writable=True):
     n = view.len
     PyBuffer_Release(&view)
     return addr, n
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    int c_madvise "madvise"(void* addr, size_t length, int advice)
+
+
+def madvise(uint64_t start, uint64_t length, int advice):
+    """madvise(2) on an address range (the mmap module only takes its own maps)."""
+    cdef int r
+    with nogil:
+        r = c_madvise(<void*>start, length, advice)
+    if r < 0:
+        raise _oserror(errno, "madvise")

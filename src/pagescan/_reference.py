@@ -9,6 +9,7 @@ entries) line by line; speed is not a goal here.
 from __future__ import annotations
 
 import array
+import operator
 from typing import Any, Iterable, Iterator, overload
 
 from ._args import check_int, check_limits, check_page_size, check_range, check_uint_buffer
@@ -64,11 +65,11 @@ class RegionArray:
                 out._append(*self[j])
             return out
         n = len(self)
-        i = check_int(i, "index", minimum=-n, maximum=n - 1) if n else None
-        if i is None:
-            raise IndexError("RegionArray index out of range")
+        i = operator.index(i)
         if i < 0:
             i += n
+        if not 0 <= i < n:
+            raise IndexError("RegionArray index out of range")
         d = self._data
         return PageRegion(d[3 * i], d[3 * i + 1], d[3 * i + 2])
 

@@ -1,0 +1,101 @@
+"""Backend registry: the entry-point group ``pagescan.backends``.
+
+The built-in backends register through the same group a third-party plugin
+would use (see pyproject.toml). When pagescan runs from a source tree without
+installed metadata, the built-ins are found through the same names below. A
+backend that fails to load is not dropped silently: it stays listed, and its
+probe reason carries the import error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Type
+
+from ..errors import BackendUnavailable
+from .base import Backend, Capabilities, Probe
+
+__all__ = ["Backend", "Capabilities", "Probe", "backend_names", "get_backend", "probe",
+           "probe_all", "select"]
+
+GROUP = "pagescan.backends"
+
+BUILTIN = {
+    "uffd": "pagescan.backends.uffd:UffdBackend",
+}
+
+_cache: dict[str, Type[Backend] | BaseException] = {}
+
+
+def _targets() -> dict[str, str]:
+    found = {ep.name: ep.value for ep in metadata.entry_points(group=GROUP)}
+    for name, target in BUILTIN.items():
+        found.setdefault(name, target)
+    return found
+
+
+def backend_names() -> list[str]:
+    """Every registered backend name, built-in and plugin."""
+    return sorted(_targets())
+
+
+def _load(name: str) -> Type[Backend] | BaseException:
+    if name not in _cache:
+        targets = _targets()
+        if name not in targets:
+            raise ValueError(
+                f"unknown backend {name!r}; known: {', '.join(sorted(targets))} "
+                f"(or 'auto')")
+        module, _, attr = targets[name].partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except Exception as err:  # keep the reason: it is shown by probe()
+            _cache[name] = err
+        else:
+            _cache[name] = cls
+    return _cache[name]
+
+
+def probe(name: str) -> Probe:
+    """The probe of one backend (never raises for a known name)."""
+    cls = _load(name)
+    if isinstance(cls, BaseException):
+        return Probe(False, f"the backend failed to load: {cls!r}")
+    try:
+        return cls.probe()
+    except Exception as err:  # a probe must not raise; if it does, say so
+        return Probe(False, f"the probe raised {err!r}")
+
+
+def probe_all() -> dict[str, Probe]:
+    """Every backend's probe, by name."""
+    return {name: probe(name) for name in backend_names()}
+
+
+def get_backend(name: str) -> Type[Backend]:
+    """The class of a backend that works here, else BackendUnavailable with the reason."""
+    result = probe(name)
+    if not result.ok:
+        raise BackendUnavailable(name, result.reason)
+    cls = _load(name)
+    assert not isinstance(cls, BaseException)
+    return cls
+
+
+def select(name: str = "auto") -> Type[Backend]:
+    """``"auto"``: the highest-priority real backend that probes OK; else by name."""
+    if name != "auto":
+        return get_backend(name)
+    reasons = []
+    candidates = []
+    for n in backend_names():
+        cls = _load(n)
+        p = probe(n)
+        if p.ok and not isinstance(cls, BaseException) and cls.capabilities.real:
+            candidates.append((cls.priority, n, cls))
+        else:
+            reasons.append(f"{n}: {p.reason or 'not a real-kernel backend'}")
+    if not candidates:
+        raise BackendUnavailable("auto", "no backend works here; " + "; ".join(reasons))
+    return max(candidates)[2]

@@ -1,0 +1,45 @@
+"""Page-aligned anonymous memory to track: :func:`allocate`."""
+
+from __future__ import annotations
+
+import mmap
+
+from ._args import check_int
+
+__all__ = ["Memory", "allocate", "PAGE_SIZE"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+
+class Memory(mmap.mmap):
+    """Private anonymous memory (``mmap`` with MAP_PRIVATE|MAP_ANONYMOUS).
+
+    A writable buffer: slice it, ``memoryview`` it, wrap it with
+    ``numpy.frombuffer``. ``address`` is where it starts (page-aligned).
+    """
+
+    @property
+    def address(self) -> int:
+        from ._impl import impl
+        if hasattr(impl, "buffer_address"):
+            return int(impl.buffer_address(self)[0])
+        import ctypes
+        return ctypes.addressof(ctypes.c_char.from_buffer(self))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"0x{self.address:x}, {len(self)} bytes"
+        return f"<pagescan.Memory {state}>"
+
+
+def allocate(size: int, *, thp: bool = False) -> Memory:
+    """``size`` bytes (rounded up to whole pages) of zeroed, page-aligned private
+    anonymous memory. ``thp=True`` asks for transparent huge pages
+    (MADV_HUGEPAGE); the default leaves the system's policy alone."""
+    n = check_int(size, "size", minimum=1, maximum=1 << 47)
+    assert n is not None
+    n = (n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    mem = Memory(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    if thp:
+        mem.madvise(mmap.MADV_HUGEPAGE)
+    return mem

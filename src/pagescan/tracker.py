@@ -1,0 +1,274 @@
+"""Tracker: watch a buffer or an address range with any backend.
+
+>>> buf = pagescan.allocate(1 << 20)
+>>> with pagescan.track(buf) as t:
+...     buf[8192] = 1
+...     t.written()            # RegionArray of (start, end, categories)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from typing import Any, Iterable
+
+from ._args import check_int
+from ._types import Category, Masks, ScanResult, coerce_masks
+from .backends import select
+from .backends.base import Backend, Capabilities
+from .errors import OverlapError, RangeError, TrackerClosed
+from .memory import PAGE_SIZE
+
+__all__ = ["Tracker", "track", "PartialPageWarning"]
+
+WRITTEN_MASKS = Masks(required=Category.WRITTEN, return_mask=Category.WRITTEN)
+
+
+class PartialPageWarning(UserWarning):
+    """The tracked object does not start or end on a page boundary: its first or
+    last page is shared with neighbouring memory, whose writes are reported too."""
+
+
+_live_lock = threading.Lock()
+_live: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for t in list(_live):
+        t._forked = True
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _resolve_target(target: Any, length: Any) -> tuple[int, int, Any]:
+    """``(address, nbytes, pin)``: pin is a buffer export kept for the tracker's life."""
+    from ._impl import impl
+    if isinstance(target, tuple) and length is None:
+        if len(target) != 2:
+            raise TypeError("an address range is given as (address, length)")
+        target, length = target
+    if isinstance(target, int) and not isinstance(target, bool):
+        addr = check_int(target, "address")
+        n = check_int(length, "length")
+        assert addr is not None and n is not None
+        if addr % PAGE_SIZE:
+            raise RangeError(f"address 0x{addr:x} is not page-aligned ({PAGE_SIZE})")
+        if n == 0:
+            raise RangeError("length is zero: nothing to track")
+        if n % PAGE_SIZE:
+            raise RangeError(f"length {n} is not a multiple of the page size ({PAGE_SIZE})")
+        return addr, n, None
+    if length is not None:
+        raise TypeError("length is only given with an integer address")
+    try:
+        pin = memoryview(target)
+    except TypeError:
+        raise TypeError("track() takes pagescan.allocate() memory, an (address, length) "
+                        "pair or a writable buffer-protocol object, not "
+                        f"{type(target).__name__}") from None
+    if pin.readonly:
+        raise TypeError(f"{type(target).__name__} is read-only: nothing can write to it")
+    if not pin.contiguous:
+        raise ValueError("the buffer must be contiguous")
+    if pin.nbytes == 0:
+        raise RangeError("the buffer is empty: nothing to track")
+    if not hasattr(impl, "buffer_address"):
+        import ctypes
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(pin.cast("B")))
+    else:
+        addr, _ = impl.buffer_address(pin)
+    return int(addr), pin.nbytes, pin
+
+
+class Tracker:
+    """Watches one range of the process's memory for writes.
+
+    Addresses are absolute; :meth:`offsets` turns regions into byte offsets into
+    the tracked object. Create it with :func:`track`.
+    """
+
+    def __init__(self, target: Any, length: int | None = None, *, backend: str = "auto",
+                 thp: bool = False, pid: int | None = None) -> None:
+        self._forked = False
+        self._backend: Backend | None = None
+        addr, nbytes, self._pin = _resolve_target(target, length)
+        #: where the tracked object starts, and its size in bytes
+        self.object_address, self.object_length = addr, nbytes
+        start = addr - addr % PAGE_SIZE
+        end = -(-(addr + nbytes) // PAGE_SIZE) * PAGE_SIZE
+        if start != addr or end != addr + nbytes:
+            warnings.warn(
+                f"the object at 0x{addr:x} ({nbytes} bytes) does not start and end on page "
+                "boundaries: its first/last page is shared with neighbouring memory, whose "
+                "writes are reported as well", PartialPageWarning, stacklevel=3)
+        #: the page-aligned range watched: [start, end)
+        self.start, self.end = start, end
+        cls = select(backend)
+        with _live_lock:
+            for other in _live:
+                if other.start < end and start < other.end:
+                    raise OverlapError(
+                        f"[0x{start:x}, 0x{end:x}) overlaps [0x{other.start:x}, "
+                        f"0x{other.end:x}), which another live tracker watches; "
+                        "close that one first")
+            self._backend = cls(pid=pid, thp=thp)
+            try:
+                self._backend.register(start, end)
+            except BaseException:
+                self._backend.close()
+                self._backend = None
+                raise
+            _live.add(self)
+
+    # -- properties -------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        return self._live().name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._live().capabilities
+
+    @property
+    def closed(self) -> bool:
+        return self._backend is None or self._forked
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    @property
+    def pages(self) -> int:
+        return (self.end - self.start) // PAGE_SIZE
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.backend
+        return f"<pagescan.Tracker [0x{self.start:x}, 0x{self.end:x}) {state}>"
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _live(self) -> Backend:
+        if self._forked:
+            raise TrackerClosed(
+                "this tracker was inherited through fork(): the kernel does not carry "
+                "userfaultfd registrations into the child; create a new tracker there")
+        if self._backend is None:
+            raise TrackerClosed("the tracker is closed")
+        return self._backend
+
+    def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
+        s = self.start if start is None else check_int(start, "start")
+        e = self.end if end is None else check_int(end, "end")
+        assert s is not None and e is not None
+        if s % PAGE_SIZE or e % PAGE_SIZE:
+            raise RangeError(f"[0x{s:x}, 0x{e:x}) is not page-aligned ({PAGE_SIZE})")
+        if s >= e:
+            raise RangeError(f"[0x{s:x}, 0x{e:x}) is empty")
+        if s < self.start or e > self.end:
+            raise RangeError(f"[0x{s:x}, 0x{e:x}) is outside this tracker's range "
+                             f"[0x{self.start:x}, 0x{self.end:x})")
+        return s, e
+
+    # -- the API ------------------------------------------------------------------
+
+    def scan(self, masks: Masks | None = None, *, start: int | None = None,
+             end: int | None = None, max_pages: int = 0, max_regions: int | None = None,
+             reset: bool = False) -> ScanResult:
+        """Regions with any categories, filtered by ``masks`` (in the kernel where the
+        backend can). ``reset=True`` resets the reported WRITTEN pages in the same
+        step. Returns ``ScanResult(regions, walk_end)``; resume from ``walk_end``."""
+        backend = self._live()
+        s, e = self._range(start, end)
+        m = coerce_masks(masks)
+        check_int(max_pages, "max_pages")
+        check_int(max_regions, "max_regions", minimum=1, allow_none=True)
+        return backend.scan(s, e, m, max_pages=max_pages, max_regions=max_regions,
+                            reset=reset)
+
+    def written(self, *, start: int | None = None, end: int | None = None) -> Any:
+        """Pages written since arming or the last reset, as a RegionArray."""
+        return self.scan(WRITTEN_MASKS, start=start, end=end).regions
+
+    def collect(self, *, reset: bool = True, max_pages: int = 0, start: int | None = None,
+                end: int | None = None) -> ScanResult:
+        """Written pages, and (``reset=True``) reset them in the same step: a write
+        racing the call is reported now or by a later collect, never lost (atomic
+        where ``capabilities.atomic_reset``). ``max_pages`` bounds the answer;
+        ``walk_end`` says where the next call should start for the rest."""
+        return self.scan(WRITTEN_MASKS, start=start, end=end, max_pages=max_pages,
+                         reset=reset)
+
+    def reset(self, *, start: int | None = None, end: int | None = None) -> None:
+        """Mark the range (default: everything tracked) not written."""
+        backend = self._live()
+        s, e = self._range(start, end)
+        backend.reset(s, e)
+
+    def offsets(self, regions: Iterable[Iterable[int]]) -> list[tuple[int, int]]:
+        """Regions as ``(start, end)`` byte offsets into the tracked object, clipped to
+        it (a shared first or last page is cut at the object's edges)."""
+        base, size = self.object_address, self.object_length
+        out = []
+        for r in regions:
+            s, e = r[0], r[1]  # type: ignore[index]
+            s, e = max(s - base, 0), min(e - base, size)
+            if s < e:
+                out.append((s, e))
+        return out
+
+    def written_offsets(self) -> list[tuple[int, int]]:
+        """:meth:`written` as byte offsets into the tracked object."""
+        return self.offsets(self.written())
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop tracking; the memory stays usable. Closing twice is harmless."""
+        backend, self._backend = self._backend, None
+        if backend is None:
+            return
+        with _live_lock:
+            _live.discard(self)
+        try:
+            if not self._forked:
+                backend.unregister(self.start, self.end)
+        finally:
+            backend.close()
+            if self._pin is not None:
+                self._pin.release()
+                self._pin = None
+
+    def __enter__(self) -> "Tracker":
+        self._live()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def track(target: Any, length: int | None = None, *, backend: str = "auto",
+          thp: bool = False, pid: int | None = None) -> Tracker:
+    """Start tracking writes to ``target``.
+
+    ``target``: memory from :func:`pagescan.allocate`, a writable buffer-protocol
+    object (numpy array, mmap, bytearray), or a page-aligned address with a
+    ``length`` (or an ``(address, length)`` pair). ``backend``: a name, or
+    ``"auto"`` for the best one that works here (``$PAGESCAN_BACKEND`` overrides
+    "auto"). ``thp=False`` (default) keeps answers exact to the page by turning
+    transparent huge pages off for the range; ``thp=True`` keeps them (a huge
+    page then reports 2 MiB written).
+    """
+    if backend == "auto":
+        backend = os.environ.get("PAGESCAN_BACKEND", "auto") or "auto"
+    return Tracker(target, length, backend=backend, thp=thp, pid=pid)
