@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import mmap
 
+from typing import TypeVar
+
 from ._args import check_int
 
 __all__ = ["Memory", "allocate", "PAGE_SIZE"]
 
 PAGE_SIZE = mmap.PAGESIZE
+M = TypeVar("M", bound="Memory")
 
 
 class Memory(mmap.mmap):
@@ -31,15 +34,20 @@ class Memory(mmap.mmap):
         return f"<pagescan.Memory {state}>"
 
 
+def map_anonymous(size: int, cls: type[M]) -> M:
+    """A new private anonymous mapping of ``size`` bytes rounded up to pages."""
+    n = check_int(size, "size", minimum=1, maximum=1 << 47)
+    assert n is not None
+    n = (n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    return cls(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
 def allocate(size: int, *, thp: bool = False) -> Memory:
     """``size`` bytes (rounded up to whole pages) of zeroed, page-aligned private
     anonymous memory. ``thp=True`` asks for transparent huge pages
     (MADV_HUGEPAGE); the default leaves the system's policy alone."""
-    n = check_int(size, "size", minimum=1, maximum=1 << 47)
-    assert n is not None
-    n = (n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-    mem = Memory(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    mem = map_anonymous(size, Memory)
     if thp:
         mem.madvise(mmap.MADV_HUGEPAGE)
     return mem

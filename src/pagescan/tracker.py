@@ -23,6 +23,9 @@ from .memory import PAGE_SIZE
 
 __all__ = ["Tracker", "track", "PartialPageWarning"]
 
+#: one past the highest user address with 4-level paging (x86-64)
+_USER_TOP = 0x7FFFFFFFF000
+
 WRITTEN_MASKS = Masks(required=Category.WRITTEN, return_mask=Category.WRITTEN)
 
 
@@ -91,11 +94,20 @@ class Tracker:
     the tracked object. Create it with :func:`track`.
     """
 
-    def __init__(self, target: Any, length: int | None = None, *, backend: str = "auto",
+    def __init__(self, target: Any = None, length: int | None = None, *, backend: str = "auto",
                  thp: bool = False, pid: int | None = None) -> None:
         self._forked = False
         self._backend: Backend | None = None
-        addr, nbytes, self._pin = _resolve_target(target, length)
+        self.pid = None if pid is None or pid == os.getpid() else check_int(pid, "pid", minimum=1)
+        if target is None:
+            if self.pid is None:
+                raise TypeError("track() needs memory to watch (or pid= of another process)")
+            # every writable mapping of the other process: its backend skips the gaps
+            addr, nbytes, self._pin = 0, _USER_TOP, None
+        else:
+            addr, nbytes, self._pin = _resolve_target(target, length)
+            if self.pid is not None and self._pin is not None:
+                raise TypeError("memory of another process is given as (address, length)")
         #: where the tracked object starts, and its size in bytes
         self.object_address, self.object_length = addr, nbytes
         start = addr - addr % PAGE_SIZE
@@ -110,12 +122,12 @@ class Tracker:
         cls = select(backend)
         with _live_lock:
             for other in _live:
-                if other.start < end and start < other.end:
+                if other.pid == self.pid and other.start < end and start < other.end:
                     raise OverlapError(
                         f"[0x{start:x}, 0x{end:x}) overlaps [0x{other.start:x}, "
                         f"0x{other.end:x}), which another live tracker watches; "
                         "close that one first")
-            self._backend = cls(pid=pid, thp=thp)
+            self._backend = cls(pid=self.pid, thp=thp)
             try:
                 self._backend.register(start, end)
             except BaseException:
@@ -257,7 +269,7 @@ class Tracker:
             pass
 
 
-def track(target: Any, length: int | None = None, *, backend: str = "auto",
+def track(target: Any = None, length: int | None = None, *, backend: str = "auto",
           thp: bool = False, pid: int | None = None) -> Tracker:
     """Start tracking writes to ``target``.
 
@@ -267,7 +279,9 @@ def track(target: Any, length: int | None = None, *, backend: str = "auto",
     ``"auto"`` for the best one that works here (``$PAGESCAN_BACKEND`` overrides
     "auto"). ``thp=False`` (default) keeps answers exact to the page by turning
     transparent huge pages off for the range; ``thp=True`` keeps them (a huge
-    page then reports 2 MiB written).
+    page then reports 2 MiB written). ``pid``: another process (backends with
+    ``capabilities.other_processes``); with no ``target``, every writable
+    mapping of that process is tracked.
     """
     if backend == "auto":
         backend = os.environ.get("PAGESCAN_BACKEND", "auto") or "auto"

@@ -23,6 +23,8 @@ GROUP = "pagescan.backends"
 
 BUILTIN = {
     "uffd": "pagescan.backends.uffd:UffdBackend",
+    "softdirty": "pagescan.backends.softdirty:SoftDirtyBackend",
+    "simulator": "pagescan.backends.simulator:SimulatorBackend",
 }
 
 _cache: dict[str, Type[Backend] | BaseException] = {}
