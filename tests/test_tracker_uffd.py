@@ -141,7 +141,7 @@ def test_many_regions_past_the_bounce_buffer():
         col = t.collect()
         assert len(col.regions) == 2048 and col.walk_end == t.end
         assert len(t.written()) == 0
-    del arr
+    arr = None  # drop the numpy view so the mapping can be closed
     close(mem)
 
 
@@ -161,7 +161,7 @@ def test_track_numpy_array_offsets_and_partial_page_warning():
         arr[-1] = 1
         # the last page is shared: clipped at the object's end
         assert t.written_offsets()[-1] == (10 * PS - 100, 10 * PS)
-    del arr
+    arr = None  # drop the numpy view so the mapping can be closed
     close(backing)
 
 
@@ -414,7 +414,7 @@ def test_writer_threads_during_collect_lose_no_write():
         copy(t.collect().regions)                # what is still pending
         assert len(t.written()) == 0
         lost = np.flatnonzero((shadow != arr).reshape(npages, PS).any(axis=1))
-    del arr
+    arr = None  # drop the numpy view so the mapping can be closed
     close(mem)
     assert collects[0] > 10
     assert lost.size == 0, f"writes lost on pages {lost.tolist()}"
@@ -468,7 +468,7 @@ def test_each_write_is_reported_and_duplicates_are_rare():
         for p in pages_of(t.collect().regions, mem.address):
             reports[p] += 1
             pending[p] = False
-    del arr
+    arr = None  # drop the numpy view so the mapping can be closed
     close(mem)
     assert writes.sum() == npages * rounds
     assert (reports >= writes).all()

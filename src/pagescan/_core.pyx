@@ -10,6 +10,7 @@ kept equal by the hypothesis tests. Arguments are checked by the shared
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE
 
 import array as _array
@@ -129,25 +130,45 @@ cdef class RegionArray:
 
     def pages(self, page_size=4096):
         """Total number of pages in all regions."""
-        cdef uint64_t ps = check_page_size(page_size), total = 0
+        cdef uint64_t ps = check_page_size(page_size), total = 0, s, e, q
         cdef Py_ssize_t j
+        big = 0                         # overflow of the u64 sum (overlapping regions)
         for j in range(self.n):
-            total += (self.data[3 * j + 1] - self.data[3 * j]) // ps
-        return total
+            s = self.data[3 * j]
+            e = self.data[3 * j + 1]
+            if e > s:
+                q = (e - s) // ps
+                if total > 0xFFFFFFFFFFFFFFFF - q:
+                    big += total
+                    total = 0
+                total += q
+        return big + total
 
     def addresses(self, page_size=4096):
         """The address of every page of every region, ascending, as ``array('Q')``."""
         cdef uint64_t ps = check_page_size(page_size)
-        cdef uint64_t count = self.pages(ps), a
+        cdef uint64_t count = 0, s, e, t, cnt
+        cdef uint64_t limit = <uint64_t>PY_SSIZE_T_MAX // 8
         cdef Py_ssize_t j, k = 0
-        out = _array.array("Q", bytes(8 * count))
+        # as range(start, end, ps): a partial last page counts (and sizes the output)
+        for j in range(self.n):
+            s = self.data[3 * j]
+            e = self.data[3 * j + 1]
+            if e > s:
+                cnt = (e - s - 1) // ps + 1
+                if cnt > limit - count:
+                    raise MemoryError(f"RegionArray.addresses: too many pages of {ps} bytes")
+                count += cnt
+        out = _array.array("Q", bytes(<Py_ssize_t>(8 * count)))
         cdef uint64_t[::1] dst = out
         for j in range(self.n):
-            a = self.data[3 * j]
-            while a < self.data[3 * j + 1]:
-                dst[k] = a
-                k += 1
-                a += ps
+            s = self.data[3 * j]
+            e = self.data[3 * j + 1]
+            if e > s:
+                cnt = (e - s - 1) // ps + 1
+                for t in range(cnt):
+                    dst[k] = s + t * ps
+                    k += 1
         return out
 
     def tolist(self):

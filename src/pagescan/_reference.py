@@ -9,13 +9,16 @@ entries) line by line; speed is not a goal here.
 from __future__ import annotations
 
 import array
+import builtins
 import operator
-from typing import Any, Iterable, Iterator, overload
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, overload
 
 from ._args import check_int, check_limits, check_page_size, check_range, check_uint_buffer
 from ._types import HOLE, Category, PageRegion, ScanResult, coerce_masks
 
-__all__ = ["RegionArray", "scan_pages", "pagemap_to_categories", "coalesce", "IMPLEMENTATION"]
+__all__ = ["IMPLEMENTATION", "RegionArray", "coalesce", "pagemap_to_categories", "scan_pages"]
 
 IMPLEMENTATION = "python"
 
@@ -56,7 +59,7 @@ class RegionArray:
     @overload
     def __getitem__(self, i: int) -> PageRegion: ...
     @overload
-    def __getitem__(self, i: slice) -> "RegionArray": ...
+    def __getitem__(self, i: slice) -> RegionArray: ...
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
@@ -93,11 +96,13 @@ class RegionArray:
     def pages(self, page_size: int = 4096) -> int:
         """Total number of pages in all regions."""
         ps = check_page_size(page_size)
-        return sum((e - s) // ps for s, e, _ in self)
+        return sum((e - s) // ps for s, e, _ in self if e > s)
 
     def addresses(self, page_size: int = 4096) -> array.array:
         """The address of every page of every region, ascending, as ``array('Q')``."""
         ps = check_page_size(page_size)
+        if sum((e - s + ps - 1) // ps for s, e, _ in self if e > s) > sys.maxsize // 8:
+            raise MemoryError(f"RegionArray.addresses: too many pages of {ps} bytes")
         out = array.array("Q")
         for s, e, _ in self:
             out.extend(range(s, e, ps))
@@ -111,12 +116,12 @@ class RegionArray:
     def nbytes(self) -> int:
         return len(self._data) * 8
 
-    def memoryview(self) -> memoryview:
+    def memoryview(self) -> builtins.memoryview:
         """A read-only ``(n, 3)`` uint64 memoryview of the regions, no copy."""
         mv = memoryview(self._data).toreadonly()
         return mv.cast("B").cast("Q", (len(self), 3)) if len(self) else mv
 
-    def __buffer__(self, flags: int) -> memoryview:  # Python 3.12+
+    def __buffer__(self, flags: int) -> builtins.memoryview:  # Python 3.12+
         return self.memoryview()
 
     @property

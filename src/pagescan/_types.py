@@ -7,12 +7,12 @@ Nothing here depends on which implementation is loaded: ``Category``, ``HOLE``,
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, Any
+from typing import Any, NamedTuple
 
 __all__ = [
-    "Category",
     "ALL_CATEGORIES",
     "HOLE",
+    "Category",
     "Masks",
     "PageRegion",
     "ScanResult",
@@ -80,7 +80,7 @@ class Masks:
     The default reports every category.
     """
 
-    __slots__ = ("inverted", "mask", "anyof", "return_mask", "matches_nothing")
+    __slots__ = ("anyof", "inverted", "mask", "matches_nothing", "return_mask")
 
     inverted: int
     mask: int
@@ -118,11 +118,14 @@ class Masks:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Masks is immutable")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Masks is immutable")
+
     @classmethod
     def from_kernel(
         cls, *, inverted: int = 0, mask: int = 0, anyof: int = 0,
         return_mask: int = ALL_CATEGORIES,
-    ) -> "Masks":
+    ) -> Masks:
         """Build from the kernel's ``category_inverted``, ``category_mask``,
         ``category_anyof_mask`` and ``return_mask``, taken as they are."""
         self = cls.__new__(cls)

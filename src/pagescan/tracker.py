@@ -12,7 +12,8 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ._args import check_int
 from ._types import Category, Masks, ScanResult, coerce_masks
@@ -21,7 +22,7 @@ from .backends.base import Backend, Capabilities
 from .errors import OverlapError, RangeError, TrackerClosed
 from .memory import PAGE_SIZE
 
-__all__ = ["Tracker", "track", "PartialPageWarning"]
+__all__ = ["PartialPageWarning", "Tracker", "track"]
 
 #: one past the highest user address with 4-level paging (x86-64)
 _USER_TOP = 0x7FFFFFFFF000
@@ -35,7 +36,7 @@ class PartialPageWarning(UserWarning):
 
 
 _live_lock = threading.Lock()
-_live: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
+_live: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -255,7 +256,7 @@ class Tracker:
                 self._pin.release()
                 self._pin = None
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         self._live()
         return self
 
@@ -265,7 +266,7 @@ class Tracker:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - nothing can be reported from __del__
             pass
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 from importlib import metadata
-from typing import Type
 
 from ..errors import BackendUnavailable
 from .base import Backend, Capabilities, Probe
@@ -27,7 +26,7 @@ BUILTIN = {
     "simulator": "pagescan.backends.simulator:SimulatorBackend",
 }
 
-_cache: dict[str, Type[Backend] | BaseException] = {}
+_cache: dict[str, type[Backend] | BaseException] = {}
 
 
 def _targets() -> dict[str, str]:
@@ -42,7 +41,7 @@ def backend_names() -> list[str]:
     return sorted(_targets())
 
 
-def _load(name: str) -> Type[Backend] | BaseException:
+def _load(name: str) -> type[Backend] | BaseException:
     if name not in _cache:
         targets = _targets()
         if name not in targets:
@@ -52,7 +51,7 @@ def _load(name: str) -> Type[Backend] | BaseException:
         module, _, attr = targets[name].partition(":")
         try:
             cls = getattr(importlib.import_module(module), attr)
-        except Exception as err:  # keep the reason: it is shown by probe()
+        except Exception as err:  # noqa: BLE001 - keep the reason: probe() shows it
             _cache[name] = err
         else:
             _cache[name] = cls
@@ -66,7 +65,7 @@ def probe(name: str) -> Probe:
         return Probe(False, f"the backend failed to load: {cls!r}")
     try:
         return cls.probe()
-    except Exception as err:  # a probe must not raise; if it does, say so
+    except Exception as err:  # noqa: BLE001 - a probe must not raise; say so if it does
         return Probe(False, f"the probe raised {err!r}")
 
 
@@ -75,7 +74,7 @@ def probe_all() -> dict[str, Probe]:
     return {name: probe(name) for name in backend_names()}
 
 
-def get_backend(name: str) -> Type[Backend]:
+def get_backend(name: str) -> type[Backend]:
     """The class of a backend that works here, else BackendUnavailable with the reason."""
     result = probe(name)
     if not result.ok:
@@ -85,7 +84,7 @@ def get_backend(name: str) -> Type[Backend]:
     return cls
 
 
-def select(name: str = "auto") -> Type[Backend]:
+def select(name: str = "auto") -> type[Backend]:
     """``"auto"``: the highest-priority real backend that probes OK; else by name."""
     if name != "auto":
         return get_backend(name)

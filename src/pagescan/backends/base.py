@@ -60,6 +60,12 @@ class Backend(abc.ABC):
     #: higher wins for ``backend="auto"``
     priority: ClassVar[int] = 0
 
+    def __init__(self, *, pid: int | None = None, thp: bool = False) -> None:
+        """``pid``: the process to track (None: this one); ``thp``: keep transparent
+        huge pages in tracked ranges (coarser answers) instead of exact pages."""
+        self.pid = pid
+        self.thp = thp
+
     @classmethod
     @abc.abstractmethod
     def probe(cls) -> Probe:
@@ -84,5 +90,5 @@ class Backend(abc.ABC):
         reported WRITTEN pages are reset in the same step (atomically where
         ``capabilities.atomic_reset``)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
         """Release what the backend holds (file descriptors)."""
