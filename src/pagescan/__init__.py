@@ -8,14 +8,14 @@ whether the compiled core (``"cython"``) or the pure-Python reference
 
 from __future__ import annotations
 
-from ._impl import IMPLEMENTATION, IMPORT_ERROR, impl as _impl
+from ._impl import IMPLEMENTATION, IMPORT_ERROR
+from ._impl import impl as _impl
 from ._types import ALL_CATEGORIES, HOLE, Category, Masks, PageRegion, ScanResult
+from .backends import backend_names, probe, probe_all
 from .errors import (AccessDenied, BackendUnavailable, KernelError, NoSuchProcess,
                      OverlapError, PagescanError, RangeError, TrackerClosed)
-
 from .memory import PAGE_SIZE, Memory, allocate
 from .tracker import PartialPageWarning, Tracker, track
-from .backends import backend_names, probe, probe_all
 
 __version__ = "0.1.0"
 
@@ -25,10 +25,9 @@ pagemap_to_categories = _impl.pagemap_to_categories
 coalesce = _impl.coalesce
 
 __all__ = [
-    "IMPLEMENTATION", "IMPORT_ERROR", "ALL_CATEGORIES", "HOLE", "Category", "Masks",
-    "PageRegion", "ScanResult", "RegionArray", "scan_pages", "pagemap_to_categories",
-    "coalesce", "PagescanError", "BackendUnavailable", "TrackerClosed", "RangeError",
-    "OverlapError", "AccessDenied", "NoSuchProcess", "KernelError", "PAGE_SIZE", "Memory",
-    "allocate", "PartialPageWarning", "Tracker", "track", "backend_names", "probe",
-    "probe_all",
+    "ALL_CATEGORIES", "HOLE", "IMPLEMENTATION", "IMPORT_ERROR", "PAGE_SIZE", "AccessDenied",
+    "BackendUnavailable", "Category", "KernelError", "Masks", "Memory", "NoSuchProcess",
+    "OverlapError", "PageRegion", "PagescanError", "PartialPageWarning", "RangeError",
+    "RegionArray", "ScanResult", "Tracker", "TrackerClosed", "allocate", "backend_names",
+    "coalesce", "pagemap_to_categories", "probe", "probe_all", "scan_pages", "track",
 ]

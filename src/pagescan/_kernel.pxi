@@ -4,7 +4,7 @@
 # without the GIL. Failures raise OSError(errno, ...) exactly as the kernel said;
 # the backends translate them into pagescan's errors with the likely cause.
 
-from libc.errno cimport errno
+from libc.errno cimport errno, ENOMEM
 from libc.string cimport memmove
 
 cdef extern from "_kernel.h" nogil:
@@ -250,3 +250,21 @@ def madvise(uint64_t start, uint64_t length, int advice):
         r = c_madvise(<void*>start, length, advice)
     if r < 0:
         raise _oserror(errno, "madvise")
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    int c_msync "msync"(void* addr, size_t length, int flags)
+    int MS_ASYNC
+
+
+def is_mapped(uint64_t start, uint64_t length):
+    """Whether every page of the range has a VMA (msync(MS_ASYNC): ENOMEM on a hole;
+    a no-op otherwise, and O(VMAs), not O(pages))."""
+    cdef int r
+    with nogil:
+        r = c_msync(<void*>start, length, MS_ASYNC)
+    if r == 0:
+        return True
+    if errno == ENOMEM:
+        return False
+    raise _oserror(errno, "msync")

@@ -9,6 +9,7 @@ probe reason carries the import error.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from importlib import metadata
 
@@ -24,12 +25,16 @@ BUILTIN = {
     "uffd": "pagescan.backends.uffd:UffdBackend",
     "softdirty": "pagescan.backends.softdirty:SoftDirtyBackend",
     "simulator": "pagescan.backends.simulator:SimulatorBackend",
+    "mprotect": "pagescan.backends.mprotect:MprotectBackend",
 }
 
 _cache: dict[str, type[Backend] | BaseException] = {}
 
 
+@functools.lru_cache(maxsize=1)
 def _targets() -> dict[str, str]:
+    """Registered backends, name -> "module:attr" (entry points are read once:
+    scanning installed distributions costs milliseconds)."""
     found = {ep.name: ep.value for ep in metadata.entry_points(group=GROUP)}
     for name, target in BUILTIN.items():
         found.setdefault(name, target)

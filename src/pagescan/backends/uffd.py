@@ -13,7 +13,10 @@ answering for memory the tracker does not watch.
 
 THP: a transparent huge page that faults in after arming (typically after
 MADV_DONTNEED freed the page table) is written as one 2 MiB unit and reads as
-512 written pages. By default the backend applies MADV_NOHUGEPAGE to the range
+512 written pages. (On 6.18.y the freed range already reads as written, since a
+missing page table in a registered range reads WRITTEN; on 6.18.0-style kernels
+the huge page is what coarsens the answer.) A huge page present when tracking
+starts is split by its first write, so it stays exact. By default the backend applies MADV_NOHUGEPAGE to the range
 (as Wine does) so every write is exact to the page; ``thp=True`` keeps huge
 pages (faster faults, coarser answers).
 
@@ -185,13 +188,8 @@ class UffdBackend(Backend):
 
     # -- registration -------------------------------------------------------
 
-    def _mapped(self, start: int, end: int) -> bool:
-        """Whether every page of the range has a VMA (one unfiltered scan)."""
-        regions = self._core.pm_scan(self._pm, start, end, 0, Masks(return_mask=0)).regions
-        return len(regions) == 1 and regions[0] == (start, end, 0)
-
     def register(self, start: int, end: int) -> None:
-        if not self._mapped(start, end):
+        if not self._core.is_mapped(start, end - start):
             raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
         core = self._core
         try:
