@@ -21,6 +21,7 @@ from pagescan._args import (check_int, check_limits, check_page_size, check_rang
 from pagescan._types import Category, PageRegion, ScanResult, coerce_masks
 
 include "_kernel.pxi"
+include "_mprotect.pxi"
 
 IMPLEMENTATION = "cython"
 #: Checked by pagescan/__init__.py: a stale build fails loudly at import.
@@ -238,55 +239,100 @@ cdef struct Filter:
     int64_t max_regions     # -1: no limit
 
 
+cdef struct Test:
+    # With x = c ^ inverted, "(x & mask) == mask" is "(c & sel) == want" with
+    # sel = mask|HOLE and want = mask & ~inverted (a HOLE never matches), and the
+    # anyof test "x & anyof != 0" is "(c & anyof) != anyof_val". A page extends
+    # the open region with categories o iff it matches and c & ret == o, i.e.
+    # (c & (sel|ret)) == (want|o) (where sel and ret overlap, the region's first
+    # page already agreed with want).
+    uint64_t sel, want, anyof, anyof_val, ext_sel
+
+
+cdef inline bint matches(uint64_t c, const Test* t) noexcept nogil:
+    return ((c & t.sel) == t.want) & ((t.anyof == 0) | ((c & t.anyof) != t.anyof_val))
+
+
+cdef inline bint extends(uint64_t c, uint64_t key, const Test* t) noexcept nogil:
+    return ((c & t.ext_sel) == key) & ((t.anyof == 0) | ((c & t.anyof) != t.anyof_val))
+
+
 cdef int scan_run(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,
                   const Filter* f, uint64_t** data, Py_ssize_t* nreg, Py_ssize_t* cap,
                   uint64_t* walk_end) noexcept nogil:
     """The kernel's filter/merge/stop rules over ``n`` pages; -1 on ENOMEM.
 
-    ``*walk_end`` is left alone on normal completion (the caller set it to end).
+    Run at a time: skip non-matching pages, then extend the region while pages
+    continue it; long gaps and long runs are tested 8 pages per step with a
+    branch-free body the compiler vectorises. A region is written once, when
+    its run ends; max_pages just shortens a run. ``*walk_end`` is left alone on
+    normal completion (the caller set it to end).
     """
-    cdef Py_ssize_t i, k = nreg[0]          # k: regions in the array (last one open)
-    cdef uint64_t c, x, o, addr, found = 0
-    cdef uint64_t cur_end = 0, cur_cat = 0
-    cdef bint have = False
-    cdef uint64_t inv = f.inverted, mask = f.mask, anyof = f.anyof, ret = f.ret
-    cdef uint64_t max_pages = f.max_pages
+    cdef Test t
+    cdef Py_ssize_t i = 0, j, limit, first, q
+    cdef Py_ssize_t k = nreg[0], kcap = cap[0]
+    cdef uint64_t o, key, found = 0, max_pages = f.max_pages
     cdef int64_t max_regions = f.max_regions
-    for i in range(n):
-        c = cats[i]
-        if cat_t is uint64_t:
-            if c >> HOLE_BIT:
-                continue
-        x = c ^ inv
-        if (x & mask) != mask:
-            continue
-        if anyof != 0 and (x & anyof) == 0:
-            continue
-        addr = start + <uint64_t>i * ps
-        if max_pages != 0 and found == max_pages:
-            walk_end[0] = addr
-            break
-        o = c & ret
-        if have and addr == cur_end and o == cur_cat:
-            cur_end += ps
-        else:
-            if max_regions >= 0 and k == max_regions:
-                walk_end[0] = addr
+    cdef bint hit
+    cdef uint64_t* d = data[0]
+    t.sel = f.mask | ((<uint64_t>1) << HOLE_BIT if cat_t is uint64_t else 0)
+    t.want = f.mask & ~f.inverted
+    t.anyof = f.anyof
+    t.anyof_val = f.inverted & f.anyof
+    t.ext_sel = t.sel | f.ret
+    while i < n:
+        if not matches(cats[i], &t):           # skip the gap before the next match
+            i += 1
+            while i + 8 <= n:
+                hit = False
+                for q in range(8):
+                    hit |= matches(cats[i + q], &t)
+                if hit:
+                    break
+                i += 8
+            while i < n and not matches(cats[i], &t):
+                i += 1
+            if i >= n:
                 break
-            if have:
-                data[0][3 * k - 2] = cur_end
-            if k >= cap[0] and grow_regions(data, cap, k + 1) < 0:
+        # page i matches and starts a new region
+        if max_pages != 0 and found == max_pages:
+            walk_end[0] = start + <uint64_t>i * ps
+            break
+        if max_regions >= 0 and k == max_regions:
+            walk_end[0] = start + <uint64_t>i * ps
+            break
+        o = cats[i] & f.ret
+        key = t.want | o
+        limit = n
+        if max_pages != 0 and <uint64_t>(n - i) > max_pages - found:
+            limit = i + <Py_ssize_t>(max_pages - found)
+        j = i + 1
+        first = j + 8 if limit - j > 8 else limit
+        while j < first and extends(cats[j], key, &t):    # short runs: page by page
+            j += 1
+        if j == first:                                    # a long run: 8 at a time
+            while j + 8 <= limit:
+                hit = True
+                for q in range(8):
+                    hit &= extends(cats[j + q], key, &t)
+                if not hit:
+                    break
+                j += 8
+            while j < limit and extends(cats[j], key, &t):
+                j += 1
+        if k >= kcap:
+            data[0] = d
+            if grow_regions(data, cap, k + 1) < 0:
                 nreg[0] = k
                 return -1
-            data[0][3 * k] = addr
-            data[0][3 * k + 2] = o
-            k += 1
-            have = True
-            cur_end = addr + ps
-            cur_cat = o
-        found += 1
-    if have:
-        data[0][3 * k - 2] = cur_end
+            d = data[0]
+            kcap = cap[0]
+        d[3 * k] = start + <uint64_t>i * ps
+        d[3 * k + 1] = start + <uint64_t>j * ps
+        d[3 * k + 2] = o
+        k += 1
+        found += <uint64_t>(j - i)
+        i = j
     nreg[0] = k
     return 0
 

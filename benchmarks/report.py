@@ -1,0 +1,94 @@
+"""Ratios between the scan_pages implementations, from one benchmark run.
+
+Called by conftest.py at the end of ``pytest benchmarks/bench_core.py``; also
+usable on a saved run: ``python benchmarks/report.py RUN.json`` (a file written
+with ``--benchmark-json`` or ``--benchmark-autosave``).
+
+Per workload, from the same run:
+
+* core / C: compiled core time over the plain C loop's (target: <= 2);
+* NumPy / core: NumPy time over the compiled core's (target: >= 5);
+* core / C run-at-a-time sketch (scan_runs.c): how much room is left;
+* reference / core on the reference's slice, per page.
+
+Both the min (the usual figure for a noisy machine) and the median are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+SUITE = "scan_pages"                      # extra_info["suite"] of bench_core.py
+CORE_VS_C_TARGET = 2.0
+NUMPY_VS_CORE_TARGET = 5.0
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, str, str] | None:
+    info = rec.get("extra_info") or {}
+    if "impl" in info and "workload" in info:
+        return info["workload"], info.get("scope", "full"), info["impl"]
+    return None
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> list[str]:
+    t: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+    for rec in records:
+        if (rec.get("extra_info") or {}).get("suite") != SUITE:
+            continue                          # another suite's benchmark in this run
+        k = _key(rec)
+        stats = rec.get("stats") or {}
+        if k is None or "min" not in stats:
+            continue
+        w, scope, impl = k
+        t[w][scope, impl] = {"min": stats["min"], "median": stats["median"],
+                             "pages": rec["extra_info"].get("pages", 0),
+                             "regions": rec["extra_info"].get("regions")}
+    lines: list[str] = []
+    for w in sorted(t):
+        row = t[w]
+        lines.append(f"{w}:")
+        order = {"core": 0, "c": 1, "numpy": 2, "c-runs": 3, "reference": 4}
+        for (scope, impl), s in sorted(row.items(),
+                                       key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))):
+            pages = s["pages"] or 1
+            lines.append(f"  {impl:>9} ({scope}, {pages} pages, {s['regions']} regions): "
+                         f"min {s['min'] * 1e3:9.3f} ms  median {s['median'] * 1e3:9.3f} ms  "
+                         f"= {s['min'] / pages * 1e9:8.3f} ns/page")
+
+        def ratio(a: tuple[str, str], b: tuple[str, str], label: str, target: str,
+                  ok, row: dict = row) -> None:
+            if a in row and b in row:
+                rmin = row[a]["min"] / row[b]["min"]
+                rmed = row[a]["median"] / row[b]["median"]
+                tail = (f"target {target}: {'ok' if ok(rmin) else 'MISSED'}" if ok
+                        else target)
+                lines.append(f"  {label}: {rmin:6.2f}x (min)  {rmed:6.2f}x (median)   {tail}")
+
+        ratio(("full", "core"), ("full", "c"), "core / C loop     ",
+              f"<= {CORE_VS_C_TARGET:g}x", lambda r: r <= CORE_VS_C_TARGET)
+        ratio(("full", "numpy"), ("full", "core"), "numpy / core      ",
+              f">= {NUMPY_VS_CORE_TARGET:g}x", lambda r: r >= NUMPY_VS_CORE_TARGET)
+        ratio(("full", "core"), ("full", "c-runs"), "core / C run-skip ",
+              "(how much faster a run-at-a-time loop is)", None)
+        ratio(("slice", "reference"), ("slice", "core"), "reference / core  ",
+              "(same slice)", None)
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__)
+        return 2
+    with open(argv[1]) as f:
+        data = json.load(f)
+    for line in summarize(data.get("benchmarks", [])):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
