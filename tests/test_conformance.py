@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import require
 
 import pagescan
 from pagescan.testing import BackendConformance, RealHarness
-
-from conftest import require
 
 
 @pytest.mark.kernel

@@ -152,6 +152,26 @@ class Masks:
             )
         return (self.inverted, self.mask, self.anyof, self.return_mask)
 
+    def restrict(self, valid: int) -> "Masks":
+        """The same filter for a kernel that knows only the ``valid`` categories
+        (GUARD arrived in 6.15): its pages never carry the others, so a required
+        unknown category matches nothing, an excluded one is always satisfied, and
+        unknown ``anyof`` bits drop out (an anyof bit that is inverted is always
+        satisfied). The result's masks lie inside ``valid``."""
+        if self.matches_nothing or not (self.inverted | self.mask | self.anyof
+                                        | self.return_mask) & ~valid:
+            return self
+        unknown = ~valid & ALL_CATEGORIES
+        if self.mask & unknown & ~self.inverted:
+            return _masks_from_key(0, 0, 0, self.return_mask & valid, True)
+        anyof = self.anyof
+        if anyof & unknown & self.inverted:
+            anyof = 0                           # always satisfied by an unknown bit
+        elif anyof and not anyof & valid:
+            return _masks_from_key(0, 0, 0, self.return_mask & valid, True)
+        return Masks.from_kernel(inverted=self.inverted & valid, mask=self.mask & valid,
+                                 anyof=anyof & valid, return_mask=self.return_mask & valid)
+
     def matches(self, categories: int) -> bool:
         """Whether one page with these categories matches (HOLE never does)."""
         if self.matches_nothing or categories & HOLE:

@@ -7,14 +7,14 @@ the classes here cover what the kernel or the process environment refuses.
 from __future__ import annotations
 
 __all__ = [
-    "PagescanError",
-    "BackendUnavailable",
-    "TrackerClosed",
-    "RangeError",
-    "OverlapError",
     "AccessDenied",
-    "NoSuchProcess",
+    "BackendUnavailable",
     "KernelError",
+    "NoSuchProcess",
+    "OverlapError",
+    "PagescanError",
+    "RangeError",
+    "TrackerClosed",
 ]
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import mmap
-
 from typing import TypeVar
 
 from ._args import check_int
 
-__all__ = ["Memory", "allocate", "PAGE_SIZE"]
+__all__ = ["PAGE_SIZE", "Memory", "allocate"]
 
 PAGE_SIZE = mmap.PAGESIZE
 M = TypeVar("M", bound="Memory")

@@ -26,7 +26,7 @@ from pagescan.errors import OverlapError, RangeError, TrackerClosed
 
 PS = mmap.PAGESIZE
 
-__all__ = ["Harness", "RealHarness", "BackendConformance", "pages_of"]
+__all__ = ["BackendConformance", "Harness", "RealHarness", "pages_of"]
 
 
 def pages_of(regions: Any, base: int) -> set[int]:

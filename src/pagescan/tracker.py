@@ -96,7 +96,7 @@ class Tracker:
     """
 
     def __init__(self, target: Any = None, length: int | None = None, *, backend: str = "auto",
-                 thp: bool = False, pid: int | None = None) -> None:
+                 thp: bool = False, pid: int | None = None, **options: Any) -> None:
         self._forked = False
         self._backend: Backend | None = None
         self.pid = None if pid is None or pid == os.getpid() else check_int(pid, "pid", minimum=1)
@@ -128,7 +128,7 @@ class Tracker:
                         f"[0x{start:x}, 0x{end:x}) overlaps [0x{other.start:x}, "
                         f"0x{other.end:x}), which another live tracker watches; "
                         "close that one first")
-            self._backend = cls(pid=self.pid, thp=thp)
+            self._backend = cls(pid=self.pid, thp=thp, **options)
             try:
                 self._backend.register(start, end)
             except BaseException:
@@ -271,7 +271,7 @@ class Tracker:
 
 
 def track(target: Any = None, length: int | None = None, *, backend: str = "auto",
-          thp: bool = False, pid: int | None = None) -> Tracker:
+          thp: bool = False, pid: int | None = None, **options: Any) -> Tracker:
     """Start tracking writes to ``target``.
 
     ``target``: memory from :func:`pagescan.allocate`, a writable buffer-protocol
@@ -282,8 +282,10 @@ def track(target: Any = None, length: int | None = None, *, backend: str = "auto
     transparent huge pages off for the range; ``thp=True`` keeps them (a huge
     page then reports 2 MiB written). ``pid``: another process (backends with
     ``capabilities.other_processes``); with no ``target``, every writable
-    mapping of that process is tracked.
+    mapping of that process is tracked. Other keyword ``options`` go to the
+    backend (e.g. ``freeze=True`` for softdirty on another process: stop it while
+    its bits are read and cleared).
     """
     if backend == "auto":
         backend = os.environ.get("PAGESCAN_BACKEND", "auto") or "auto"
-    return Tracker(target, length, backend=backend, thp=thp, pid=pid)
+    return Tracker(target, length, backend=backend, thp=thp, pid=pid, **options)

@@ -37,10 +37,11 @@ Known inaccuracies of soft-dirty itself (the kernel's, shown by the VM tests):
 
 * New mappings read as all written, untouched pages included: a new VMA carries
   VM_SOFTDIRTY until the next clear (``mmap``; also ``brk``).
-* VMA merges add false positives: when a mapping merges with a new one (an
-  adjacent ``mmap`` with the same flags, or an ``mprotect`` that makes a tracked
-  mapping's flags equal to a new neighbour's) the merged VMA is VM_SOFTDIRTY and
-  every page of it reads as written.
+* VMA merges add false positives: when a tracked mapping merges with a new one
+  (an adjacent ``mmap`` with the same flags, or an ``mprotect`` that gives a new
+  neighbour the tracked mapping's flags, or the other way round) the merged VMA is
+  VM_SOFTDIRTY and every page of it reads as written. (``mprotect`` of tracked
+  pages alone keeps their bits on 6.1 and 6.12.)
 * Read and clear are two steps (``atomic_reset`` is False): a write that lands
   between the last read of pagemap and the write to clear_refs is lost. The backend
   uses the safest order the mechanism allows (scan; read every range that must keep
@@ -94,7 +95,8 @@ WSD = W | SD
 PATH_SCAN = "pagemap_scan"
 PATH_READ = "pagemap_read"
 
-Runs = list  # list[tuple[int, int]]: sorted, disjoint, non-adjacent [start, end) runs
+#: page runs ``[(start, end), ...]``: sorted, disjoint, adjacent ones joined
+Runs = list[tuple[int, int]]
 
 # Byte tables for the low byte of each u64 category (WRITTEN is bit 1, SOFT_DIRTY 7):
 # WRITTEN := SOFT_DIRTY, and WRITTEN |= 1 (a pending page), at C speed, no numpy.
@@ -208,13 +210,6 @@ def runs_clip(a: Sequence[tuple[int, int]], start: int, end: int) -> Runs:
     return out
 
 
-def runs_intersect(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> Runs:
-    out: Runs = []
-    for s, e in b:
-        out.extend(runs_clip(a, s, e))
-    return runs_union(out, ())
-
-
 def runs_of(regions: Iterable[Any]) -> Runs:
     """``(start, end)`` of each region (categories dropped), adjacent ones joined."""
     out: Runs = []
@@ -239,9 +234,12 @@ def user_categories(kernel_cats: int, return_mask: int = ALL_CATEGORIES) -> int:
     return c & return_mask
 
 
-def kernel_masks(m: Masks, *, with_soft_dirty: bool = False) -> Masks | None:
+def kernel_masks(m: Masks, *, with_soft_dirty: bool = False,
+                 kernel_categories: int = ALL_CATEGORIES) -> Masks | None:
     """The caller's filter as a PAGEMAP_SCAN filter, where WRITTEN and SOFT_DIRTY are
     one bit (the kernel's SOFT_DIRTY). ``None``: nothing can match.
+    ``kernel_categories``: the categories the kernel knows (before 6.15 there is no
+    GUARD, and a mask with its bit is EINVAL): the others are 0 on every page.
 
     With ``s`` the soft-dirty bit, each of ``s = 0`` and ``s = 1`` reduces the
     caller's condition to one on the other bits (the ``mask`` part is the same for
@@ -250,6 +248,12 @@ def kernel_masks(m: Masks, *, with_soft_dirty: bool = False) -> Masks | None:
     reports SOFT_DIRTY when WRITTEN or SOFT_DIRTY is asked for (or
     ``with_soft_dirty``: the caller needs the bit to know what to reset).
     """
+    for bit in Category:
+        if not kernel_categories & bit:
+            fixed = fix_bit(m, int(bit), 0)
+            if fixed is None:
+                return None
+            m = fixed
     if m.matches_nothing:
         return None
     inv, mask, anyof = m.inverted, m.mask, m.anyof
@@ -281,29 +285,41 @@ def kernel_masks(m: Masks, *, with_soft_dirty: bool = False) -> Masks | None:
         k_anyof = rest_anyof | SD
         k_inv |= SD if free == 0 else 0
     ret = m.return_mask
-    k_ret = ret & ~WSD
+    k_ret = ret & ~WSD & kernel_categories
     if ret & WSD or with_soft_dirty:
         k_ret |= SD
     return Masks.from_kernel(inverted=k_inv, mask=k_mask, anyof=k_anyof, return_mask=k_ret)
 
 
-def with_required(m: Masks, bit: int) -> Masks | None:
-    """``m`` and also "has ``bit``", reporting no categories (``return_mask=0``);
-    ``None`` when nothing can match."""
+def fix_bit(m: Masks, bit: int, value: int) -> Masks | None:
+    """``m`` for pages whose ``bit`` is always ``value``, with the bit taken out of
+    the filter; ``None`` when nothing can match."""
     if m.matches_nothing:
         return None
     inv, mask, anyof = m.inverted, m.mask, m.anyof
-    if mask & bit:
-        if inv & bit:
-            return None
-    elif anyof & bit:
-        if inv & bit:                    # the bit's anyof term is 0 for such pages
+    x = bool(value) ^ bool(inv & bit)          # the bit after inversion
+    if mask & bit and not x:
+        return None
+    mask &= ~bit
+    if anyof & bit:
+        if x:
+            anyof = 0                          # anyof is satisfied by the bit
+        else:
             anyof &= ~bit
             if not anyof:
                 return None
-        else:                            # and 1: anyof is satisfied
-            anyof = 0
-    return Masks.from_kernel(inverted=inv & ~bit, mask=mask | bit, anyof=anyof, return_mask=0)
+    return Masks.from_kernel(inverted=inv & ~bit, mask=mask, anyof=anyof,
+                             return_mask=m.return_mask)
+
+
+def with_required(m: Masks, bit: int) -> Masks | None:
+    """``m`` and also "has ``bit``", reporting no categories (``return_mask=0``);
+    ``None`` when nothing can match."""
+    r = fix_bit(m, bit, 1)
+    if r is None:
+        return None
+    return Masks.from_kernel(inverted=r.inverted, mask=r.mask | bit, anyof=r.anyof,
+                             return_mask=0)
 
 
 # ------------------------------------------------------------------------ stitching
@@ -336,7 +352,7 @@ def stitch(pieces: Iterable[tuple[int, int]], scan_piece: PieceScan, end: int, *
         if max_pages and found >= max_pages:
             regs, _, _ = scan_piece(s, e, 1, 1)          # only: where is the next match?
             if len(regs):
-                return ScanResult(impl.coalesce(*parts), regs[0][0]), written
+                return ScanResult(impl.coalesce(*parts), regs[0][0]), runs_union(written, ())
             continue
         rem = None if max_regions is None else max_regions - nreg
         regs, walk_end, piece_written = scan_piece(
@@ -410,7 +426,8 @@ def proc_error(err: OSError, pid: int, what: str) -> Exception:
             f"{need}; this process has uid {os.geteuid()}, process {pid} uid {_owner(pid)}"
             + (f"; kernel.yama.ptrace_scope={scope} (Yama restricts attaching, which "
                "freeze=True needs, not reading)" if scope is not None else ""))
-    return KernelError(err.errno, f"{what}: {err.strerror}")
+    text = err.strerror or ""
+    return KernelError(err.errno, text if text.startswith(what) else f"{what}: {text}")
 
 
 # ------------------------------------------------------------------------ freezing
@@ -434,6 +451,25 @@ def _libc() -> Any:
     return _libc_handle
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not exiting (a zombie or dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] not in ("Z", "X", "x")
+    except (OSError, IndexError):
+        return False
+
+
+def signal_to_deliver(status: int) -> int:
+    """The signal to hand back on PTRACE_DETACH for a thread whose first stop was
+    ``status``: a signal-delivery-stop (a signal arrived before the interrupt) would
+    be dropped by a detach with 0; an interrupt or group stop (event in bits 16-23)
+    has nothing to give back."""
+    if os.WIFSTOPPED(status) and status >> 16 == 0:
+        return os.WSTOPSIG(status)
+    return 0
+
+
 @contextlib.contextmanager
 def frozen(pid: int) -> Iterator[None]:
     """Every thread of process ``pid`` stopped (PTRACE_SEIZE + PTRACE_INTERRUPT)
@@ -441,6 +477,7 @@ def frozen(pid: int) -> Iterator[None]:
     stopping are caught by listing the threads again until no new one appears."""
     lib = _libc()
     seized: list[int] = []
+    deliver: dict[int, int] = {}      # a signal that stopped a thread: given back on detach
     try:
         while True:
             try:
@@ -455,6 +492,8 @@ def frozen(pid: int) -> Iterator[None]:
                     e = ctypes.get_errno()
                     if e == errno.ESRCH:
                         continue                          # the thread has exited
+                    if e == errno.EPERM and not _alive(pid):
+                        raise NoSuchProcess(f"process {pid} has exited")
                     if e == errno.EPERM:
                         scope = _sysctl("kernel.yama.ptrace_scope")
                         raise AccessDenied(
@@ -466,13 +505,16 @@ def frozen(pid: int) -> Iterator[None]:
                 seized.append(tid)
                 lib.ptrace(PTRACE_INTERRUPT, tid, None, None)
                 try:
-                    os.waitpid(tid, WALL)                 # until it has stopped
+                    _, status = os.waitpid(tid, WALL)     # until it has stopped
                 except ChildProcessError:
-                    pass
+                    continue
+                sig = signal_to_deliver(status)
+                if sig:
+                    deliver[tid] = sig
         yield
     finally:
         for tid in seized:
-            lib.ptrace(PTRACE_DETACH, tid, None, None)
+            lib.ptrace(PTRACE_DETACH, tid, None, ctypes.c_void_p(deliver.get(tid, 0)))
 
 
 # ------------------------------------------------------------------------ per process
@@ -481,10 +523,10 @@ def frozen(pid: int) -> Iterator[None]:
 class _Range:
     """One tracked range and its pending written pages (folded before a clear)."""
 
-    __slots__ = ("end", "owner", "pending", "start", "whole")
+    __slots__ = ("end", "pending", "start", "whole")
 
-    def __init__(self, start: int, end: int, owner: object) -> None:
-        self.start, self.end, self.owner = start, end, owner
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
         #: a whole-process tracker: writable mappings only
         self.whole = start == 0 and end >= USER_TOP
         self.pending: Runs = []
@@ -501,6 +543,8 @@ class Target:
         self.pid = pid
         self.is_self = pid == os.getpid()
         self.path = path
+        #: the categories PAGEMAP_SCAN knows here (no GUARD before 6.15)
+        self.kernel_categories = ALL_CATEGORIES
         self.lock = threading.RLock()
         self.ranges: list[_Range] = []
         self.users = 0
@@ -589,7 +633,8 @@ class Target:
             # every category the kernel reports, unfiltered; pages it does not report
             # (a VM_PFNMAP part) are holes
             self._fill(cats, 0, n, HOLE)
-            for s, e, c in self.pm_scan(start, end, Masks(), 0, None).regions:
+            every = Masks(return_mask=self.kernel_categories)
+            for s, e, c in self.pm_scan(start, end, every, 0, None).regions:
                 self._fill(cats, (s - start) // PAGE_SIZE, (e - start) // PAGE_SIZE,
                            user_categories(c))
         else:
@@ -641,7 +686,8 @@ class Target:
         else:
             pieces = [(s, e, True) for s, e in split(segs, CHUNK_PAGES)]
         kinds = {(s, e): dense for s, e, dense in pieces}
-        k_masks = kernel_masks(masks, with_soft_dirty=want_written)
+        k_masks = kernel_masks(masks, with_soft_dirty=want_written,
+                               kernel_categories=self.kernel_categories)
         written_masks = with_required(masks, W) if want_written else None
 
         def scan_piece(s: int, e: int, mp: int, mr: int | None
@@ -702,7 +748,6 @@ class Target:
             found = []
             for q in self.ranges:
                 keep = q.span(vmas)
-                if q is not rng: continue
                 if q is rng:
                     keep = runs_subtract(keep, reset)
                 found.append(self.soft_dirty(keep) if keep else [])
@@ -721,11 +766,14 @@ target_factory: Callable[[int, str], Target] = Target
 
 
 def _acquire(pid: int) -> Target:
-    path = SoftDirtyBackend.probe().details.get("path", PATH_READ)
+    details = SoftDirtyBackend.probe().details
     with _targets_lock:
         t = _targets.get(pid)
         if t is None or t.closed:
-            t = _targets[pid] = target_factory(pid, str(path))
+            t = target_factory(pid, str(details.get("path", PATH_READ)))
+            t.kernel_categories = int(details.get("kernel_categories",  # type: ignore[call-overload]
+                                                  ALL_CATEGORIES))
+            _targets[pid] = t
         t.users += 1
         return t
 
@@ -740,7 +788,11 @@ def _release(t: Target) -> None:
 
 
 def _forget_after_fork() -> None:
-    # the child has its own address space and no live trackers: start over
+    # the child has its own address space and no live trackers: start over, with new
+    # locks (another thread may have held one at fork time)
+    global _targets_lock, _probe_lock
+    _targets_lock = threading.Lock()
+    _probe_lock = threading.Lock()
     for t in list(_targets.values()):
         try:
             t.close()
@@ -805,6 +857,8 @@ def _run_probe() -> Probe:
                          "soft-dirty bit (55) of a page: soft-dirty tracking does not work "
                          "on this kernel", details)
         details["path"], details["path_reason"] = _choose_path(pm, addr)
+        if details["path"] == PATH_SCAN:
+            details["kernel_categories"] = _kernel_categories(pm, addr)
         return Probe(True, "", details)
     except OSError as err:
         return Probe(False, f"reading /proc/self/pagemap failed: {err.strerror}", details)
@@ -830,6 +884,17 @@ def _choose_path(pm: int, addr: int) -> tuple[str, str]:
     if [tuple(r) for r in got] != want:
         return PATH_READ, "PAGEMAP_SCAN does not report PAGE_IS_SOFT_DIRTY here"
     return PATH_SCAN, "PAGEMAP_SCAN reports PAGE_IS_SOFT_DIRTY"
+
+
+def _kernel_categories(pm: int, addr: int) -> int:
+    """The categories PAGEMAP_SCAN accepts: GUARD (1 << 8) came in 6.15."""
+    try:
+        impl.pm_scan(pm, addr, addr + PAGE_SIZE, 0, Masks(return_mask=ALL_CATEGORIES))
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return ALL_CATEGORIES & ~int(Category.GUARD)
+        raise
+    return ALL_CATEGORIES
 
 
 # ------------------------------------------------------------------------ backend
@@ -889,7 +954,7 @@ class SoftDirtyBackend(Backend):
         if self.path == PATH_SCAN:
             self.capabilities = dataclasses.replace(  # type: ignore[misc]
                 SoftDirtyBackend.capabilities, kernel_filtering=True,
-                categories=ALL_CATEGORIES & ~W)
+                categories=self._target.kernel_categories & ~W)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -916,7 +981,7 @@ class SoftDirtyBackend(Backend):
 
     def register(self, start: int, end: int) -> None:
         t = self._live()
-        rng = _Range(start, end, self)
+        rng = _Range(start, end)
         with t.lock:
             if not rng.whole:
                 segs = segments(t.vmas(), start, end)
@@ -977,9 +1042,10 @@ class SoftDirtyBackend(Backend):
         t, self._target = self._target, None
         if t is None:
             return
-        with t.lock:
-            for r in self._ranges:
-                if r in t.ranges:
-                    t.ranges.remove(r)
+        if not t.closed:                   # (closed: inherited through fork)
+            with t.lock:
+                for r in self._ranges:
+                    if r in t.ranges:
+                        t.ranges.remove(r)
         self._ranges.clear()
         _release(t)

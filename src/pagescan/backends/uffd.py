@@ -114,6 +114,20 @@ def _open_pagemap() -> int:
                       ) from err
 
 
+_VALID: list[int] = []
+
+
+def _valid_categories(pm: int) -> int:
+    """What this kernel's PAGEMAP_SCAN knows, found once per process."""
+    if not _VALID:
+        mem = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            _VALID.append(UffdBackend._kernel_categories(pm, impl.buffer_address(mem)[0]))
+        finally:
+            mem.close()
+    return _VALID[0]
+
+
 class UffdBackend(Backend):
     name: ClassVar[str] = "uffd"
     priority: ClassVar[int] = 100
@@ -148,7 +162,7 @@ class UffdBackend(Backend):
             core.uffd_register_wp(fd, addr, PAGE_SIZE)
             core.uffd_writeprotect(fd, addr, PAGE_SIZE)
             flags = core.PM_SCAN_CHECK_WPASYNC
-            masks = Masks(required=Category.WRITTEN)
+            masks = Masks(required=Category.WRITTEN, return_mask=Category.WRITTEN)
             try:
                 before = core.pm_scan(pm, addr, addr + PAGE_SIZE, flags, masks)
             except OSError as err:
@@ -156,6 +170,7 @@ class UffdBackend(Backend):
                     return Probe(False, f"kernel {platform.release()} has no PAGEMAP_SCAN "
                                  "ioctl (needs Linux 6.7+)", details)
                 raise
+            details["kernel_categories"] = hex(cls._kernel_categories(pm, addr))
             mem[0] = 1
             after = core.pm_scan(pm, addr, addr + PAGE_SIZE, flags, masks)
             core.uffd_unregister(fd, addr, PAGE_SIZE)
@@ -171,6 +186,18 @@ class UffdBackend(Backend):
             mem.close()
         return Probe(True, "", details)
 
+    @staticmethod
+    def _kernel_categories(pm: int, addr: int) -> int:
+        """The categories this kernel's PAGEMAP_SCAN accepts: GUARD arrived in 6.15
+        and older kernels refuse masks that name it (EINVAL)."""
+        try:
+            impl.pm_scan(pm, addr, addr + PAGE_SIZE, 0, Masks(return_mask=ALL_CATEGORIES))
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            return ALL_CATEGORIES & ~Category.GUARD
+        return ALL_CATEGORIES
+
     def __init__(self, *, pid: int | None = None, thp: bool = False) -> None:
         if pid is not None and pid != os.getpid():
             raise ValueError("the uffd backend tracks only the calling process's memory; "
@@ -185,6 +212,7 @@ class UffdBackend(Backend):
         except OSError as err:
             self.close()
             raise KernelError(err.errno, err.strerror) from err
+        self._valid = _valid_categories(self._pm)
 
     # -- registration -------------------------------------------------------
 
@@ -228,7 +256,8 @@ class UffdBackend(Backend):
         if reset:
             flags |= core.PM_SCAN_WP_MATCHING
         try:
-            return core.pm_scan(self._pm, start, end, flags, masks, max_pages, max_regions)
+            return core.pm_scan(self._pm, start, end, flags, masks.restrict(self._valid),
+                                max_pages, max_regions)
         except OSError as err:
             raise self._error(err, start, end) from err
 
