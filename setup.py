@@ -6,7 +6,7 @@ from setuptools import Extension, setup
 extensions = [
     Extension(
         "pagescan._core",
-        ["src/pagescan/_core.pyx"],
+        ["src/pagescan/_core.pyx", "src/pagescan/_mprotect.c"],
         include_dirs=["src/pagescan"],
         extra_compile_args=["-O3", "-Wno-unused-function"],
     )

@@ -1,0 +1,175 @@
+# The mprotect backend's primitives (included by _core.pyx, after _kernel.pxi).
+#
+# The SIGSEGV handler and the range table are C (_mprotect.c, declared in
+# _mprotect.h); these wrappers check nothing the backend has not checked, raise
+# OSError with the call's name on -errno, and release the GIL around the C work.
+# A scan takes a snapshot of the page states, runs the core's scan_run over it
+# (the same filter/merge/limit rules as every other backend), then resets
+# exactly the reported pages that the snapshot showed written.
+
+cdef extern from "_mprotect.h" nogil:
+    struct pagescan_mp_stats:
+        uint64_t faults, coarsened, coarsen_events, reprotect_failed, retries
+        int64_t error
+        uint64_t error_addr
+        int64_t mappings, budget
+    int PAGESCAN_MP_MAX_RANGES
+    int pagescan_mp_install()
+    int pagescan_mp_installed()
+    int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t* handle)
+    int pagescan_mp_unregister(uint64_t handle)
+    int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end)
+    int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t* out)
+    int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t* regions,
+                                      size_t nregions, const uint8_t* snap,
+                                      uint64_t snap_start, size_t snap_pages)
+    int pagescan_mp_mark_written(uint64_t handle, uint64_t start, uint64_t end)
+    int pagescan_mp_get_stats(uint64_t handle, pagescan_mp_stats* out)
+    int pagescan_mp_live()
+    void pagescan_mp_touch(uint64_t addr)
+    int pagescan_mp_overlapping(uint64_t start, uint64_t end)
+    void pagescan_mp_inject_enomem(int count)
+    void pagescan_mp_set_budget(int64_t budget)
+
+#: capacity of the mprotect backend's range table (trackers alive at once)
+MP_MAX_RANGES = PAGESCAN_MP_MAX_RANGES
+
+
+def mp_install():
+    """Install the SIGSEGV handler, on top of whatever handler is in force now
+    (which it chains to). True when it was installed by this call."""
+    cdef int r = pagescan_mp_install()
+    if r < 0:
+        raise _oserror(-r, "sigaction(SIGSEGV)")
+    return r == 1
+
+
+def mp_installed():
+    """Whether the SIGSEGV handler in force is the mprotect backend's."""
+    return pagescan_mp_installed() == 1
+
+
+def mp_register(uint64_t start, uint64_t end):
+    """Track ``[start, end)``: every page DIRTY, protection unchanged. Returns a handle."""
+    cdef uint64_t handle = 0
+    cdef int r
+    with nogil:
+        r = pagescan_mp_register(start, end, &handle)
+    if r < 0:
+        raise _oserror(-r, "mprotect tracker: register")
+    return handle
+
+
+def mp_unregister(uint64_t handle):
+    """PROT_READ|PROT_WRITE back on the whole range, then stop tracking it."""
+    cdef int r
+    with nogil:
+        r = pagescan_mp_unregister(handle)
+    if r < 0:
+        raise _oserror(-r, "mprotect tracker: unregister")
+
+
+def mp_arm(uint64_t handle, uint64_t start, uint64_t end):
+    """Reset ``[start, end)``: written pages back to PROT_READ. Returns how many
+    pages could not be re-protected (they stay written)."""
+    cdef int64_t r
+    with nogil:
+        r = pagescan_mp_arm(handle, start, end)
+    if r < 0:
+        raise _oserror(<int>-r, "mprotect")
+    return r
+
+
+def mp_mark_written(uint64_t handle, uint64_t start, uint64_t end):
+    """Give write access back to ``[start, end)`` and count it written."""
+    cdef int r
+    with nogil:
+        r = pagescan_mp_mark_written(handle, start, end)
+    if r < 0:
+        raise _oserror(-r, "mprotect")
+
+
+def mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks=None, max_pages=0,
+            max_regions=None, bint reset=False):
+    """``(ScanResult, left)``: the regions of ``[start, end)`` matching ``masks``
+    (same rules as scan_pages), and with ``reset`` the written pages of those
+    regions reset; ``left`` counts pages that could not be re-protected."""
+    m = coerce_masks(masks)
+    mp, mr = check_limits(max_pages, max_regions)
+    cdef RegionArray out = RegionArray()
+    cdef Filter f
+    cdef uint64_t shift = PAGE_SHIFT
+    cdef size_t n = <size_t>((end - start) >> shift) if end > start else 0
+    cdef uint64_t walk_end = end
+    cdef uint8_t* snap
+    cdef int r = 0
+    cdef int64_t left = 0
+    if n == 0:
+        return ScanResult(out, end), 0
+    snap = <uint8_t*>malloc(n)
+    if snap == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            r = pagescan_mp_snapshot(handle, start, end, snap)
+        if r < 0:
+            raise _oserror(-r, "mprotect tracker: scan")
+        if m.matches_nothing:
+            return ScanResult(out, end), 0
+        f.inverted = m.inverted
+        f.mask = m.mask
+        f.anyof = m.anyof
+        f.ret = m.return_mask
+        f.max_pages = mp
+        f.max_regions = mr
+        with nogil:
+            r = scan_run(<const uint8_t*>snap, <Py_ssize_t>n, start, <uint64_t>1 << shift, &f,
+                         &out.data, &out.n, &out.cap, &walk_end)
+            if r == 0 and reset and out.n:
+                left = pagescan_mp_reset_regions(handle, out.data, <size_t>out.n, snap, start, n)
+        if r < 0:
+            raise MemoryError()
+        if left < 0:
+            raise _oserror(<int>-left, "mprotect")
+    finally:
+        free(snap)
+    return ScanResult(out, walk_end), left
+
+
+def mp_stats(uint64_t handle=0):
+    """Counters of one range, or (handle 0) of every range since the process started."""
+    cdef pagescan_mp_stats st
+    cdef int r = pagescan_mp_get_stats(handle, &st)
+    if r < 0:
+        raise _oserror(-r, "mprotect tracker: stats")
+    return {"faults": st.faults, "coarsened": st.coarsened,
+            "coarsen_events": st.coarsen_events, "reprotect_failed": st.reprotect_failed,
+            "retries": st.retries, "error": st.error, "error_addr": st.error_addr,
+            "mappings": st.mappings, "budget": st.budget}
+
+
+def mp_touch(uint64_t addr):
+    """Write fault the page at ``addr`` without changing its contents."""
+    with nogil:
+        pagescan_mp_touch(addr)
+
+
+def mp_live():
+    """How many ranges the mprotect backend tracks now (all trackers)."""
+    return pagescan_mp_live()
+
+
+def mp_overlapping(uint64_t start, uint64_t end):
+    """How many ranges the mprotect backend tracks overlap ``[start, end)``."""
+    return pagescan_mp_overlapping(start, end)
+
+
+def mp_set_budget(int64_t budget):
+    """How many mappings the tracking of all ranges may add before it coarsens."""
+    pagescan_mp_set_budget(budget)
+
+
+def mp_inject_enomem(int count):
+    """Test hook: the fault handler's next ``count`` mprotect() calls fail with
+    ENOMEM, as when vm.max_map_count is reached."""
+    pagescan_mp_inject_enomem(count)

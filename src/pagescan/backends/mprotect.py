@@ -1,0 +1,410 @@
+"""PROT_READ + a SIGSEGV handler written in C: write tracking on every Linux kernel.
+
+How it works: arming (``reset``) makes the range PROT_READ. The first write to
+a page faults; the handler (``_mprotect.c``, compiled into ``pagescan._core``)
+records the page and gives write access back to it, and the write is retried.
+A scan reads the per-page states and runs them through the core's filter/merge
+rules, so masks, ``max_pages`` and ``max_regions`` behave as in every backend.
+
+Get-and-reset is atomic: every page has a state changed with atomics only
+(CLEAN -> UNPROT -> DIRTY in the handler, DIRTY -> COLLECTING -> CLEAN in a
+collect, and only the owner of a page changes its protection), so a write
+racing ``collect(reset=True)`` lands either before the collector's
+``mprotect()``, in the page that collect reports, or after it, where it faults,
+waits for the collector and is reported by the next collect. With ``max_pages``
+only the pages reported are reset. Faults outside tracked ranges, and faults
+that are not write-protection faults, go to the SIGSEGV handler that was there
+before (``faulthandler`` keeps working); the handler is async-signal-safe.
+
+Limits, each tested in tests/test_mprotect.py:
+
+* Writes by the kernel are not seen, they fail: ``read()``/``readinto()`` from a
+  file or socket into a tracked page that is clean (PROT_READ) fails with
+  ``OSError(EFAULT)`` (or returns short, when part of the buffer was already
+  written), since the kernel does not fault on user memory for a system call.
+  Call :meth:`MprotectBackend.mark_written` on the part of the buffer first: it
+  gives write access back and counts those pages as written (the uffd backend,
+  ``capabilities.kernel_writes_seen``, sees such writes).
+* ``vm.max_map_count`` (65530 by default): every isolated written page splits a
+  mapping in three, so some 32k scattered written pages would exhaust it, and
+  then ``mprotect()`` fails with ENOMEM (and so does every mmap/malloc of the
+  process). The backend keeps an estimate of the mappings its tracking adds
+  (``stats()["mappings"]``, exact unless other code changes the protection of
+  tracked memory) under a budget: vm.max_map_count minus what the rest of the
+  process uses, minus a headroom of 1/16 (at least 1024), set at every
+  ``register``. A write that would go past the budget, or whose ``mprotect()``
+  fails with ENOMEM anyway, makes the handler coarsen instead of splitting (or
+  looping): it gives write access back to a larger span whose change merges
+  mappings (the gap to the nearest written page, then aligned blocks of 64,
+  512, ... pages, the whole range at worst) and reports all of it as written: a
+  conservative answer, never a lost write. ``stats()["coarsened"]`` counts such
+  pages and a :class:`MapCountWarning` is issued once per tracker. A reset that
+  cannot re-protect a page (budget, or ENOMEM at a span edge) leaves it written
+  (``stats()["reprotect_failed"]``). Only when even the whole range cannot be
+  unprotected does the handler give up: it writes a message naming
+  vm.max_map_count to stderr and passes the fault on to the previous handler
+  (normally the end of the process, with faulthandler's traceback); if that
+  handler recovers, the next ``scan()`` raises :class:`~pagescan.KernelError`.
+  ``register`` write-faults one page of each private mapping of the range,
+  contents unchanged: the kernel merges split mappings again only when they
+  share an anon_vma, which a mapping gets at its first write fault; were that
+  after arming, every written page would get its own, and the mappings of
+  pages written once would never merge back.
+* ``fork()``: the child inherits the handler but not the tracking. A
+  ``pthread_atfork`` hook gives write access back to every tracked range in the
+  child and forgets them, so the child writes freely (its copy is untracked);
+  the Tracker it inherited raises :class:`~pagescan.TrackerClosed`. The parent
+  is unaffected.
+* Only stores through the page tables are seen. ``madvise(MADV_DONTNEED)``
+  (the contents drop to zero) is no write; a program that changes the
+  protection of tracked memory itself (``mprotect(PROT_READ|PROT_WRITE)`` on a
+  clean page) makes its next writes invisible, and a store to a page it made
+  PROT_NONE is let through. Do not unmap tracked memory while it is tracked.
+* Tracked memory must be readable and writable and not executable (PROT_EXEC
+  would be lost); ``close()`` leaves it PROT_READ|PROT_WRITE. At most 64 ranges
+  are tracked at once, by all trackers of the process.
+* Every first write to a page costs a signal round trip (a few microseconds).
+  Pages are exact to 4 KiB: ``thp`` is ignored (the kernel splits huge pages
+  where protection changes).
+* A SIGSEGV handler installed after a tracker was created sees the tracking
+  faults first; creating a tracker puts this handler back on top. Enable
+  faulthandler before tracking (``python -X faulthandler``, pytest does).
+
+Only the calling process's memory can be tracked.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import mmap
+import os
+import platform
+import sys
+import threading
+import warnings
+from typing import Any, ClassVar
+
+from .._impl import IMPLEMENTATION, impl
+from .._types import Category, Masks, ScanResult
+from ..errors import KernelError, OverlapError, RangeError, TrackerClosed
+from .base import Backend, Capabilities, Probe
+
+__all__ = ["MapCountWarning", "MprotectBackend"]
+
+#: serializes handler installation and the C range table's register/unregister
+_table_lock = threading.Lock()
+
+#: the categories this backend knows; masks that test others are refused
+_KNOWN = int(Category.WRITTEN | Category.WPALLOWED)
+
+
+class MapCountWarning(UserWarning):
+    """The process ran out of memory mappings (vm.max_map_count): the mprotect
+    backend reports some pages as written that were not (coarsening)."""
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _map_count() -> int | None:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def _read_maps(start: int, end: int) -> tuple[list[tuple[int, int, str]], int] | None:
+    """The mappings of /proc/self/maps that overlap ``[start, end)``, as
+    ``(start, end, perms)``, and how many mappings there are in all; None when
+    /proc cannot be read."""
+    out = []
+    total = 0
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            for line in f:
+                total += 1
+                rng, perms = line.split(None, 2)[:2]
+                lo, _, hi = rng.partition(b"-")
+                s, e = int(lo, 16), int(hi, 16)
+                if s < end and start < e:
+                    out.append((s, e, perms.decode()))
+    except OSError:
+        return None
+    return out, total
+
+
+def _mappings(start: int, end: int) -> list[tuple[int, int, str]] | None:
+    found = _read_maps(start, end)
+    return None if found is None else found[0]
+
+
+MADV_POPULATE_WRITE = 23
+
+
+def _prepare(maps: list[tuple[int, int, str]], start: int, end: int) -> None:
+    """Give every private mapping of the range its anon_vma before arming splits it.
+
+    The kernel merges two neighbouring mappings only when they share an
+    anon_vma; a mapping gets one at its first write fault. If that first fault
+    came after arming split the mapping, every piece would get its own and the
+    pieces could never merge again: every page written once would cost
+    mappings for good. One page per mapping is write-faulted now, its contents
+    unchanged (MADV_POPULATE_WRITE, or a CAS of a byte with itself before
+    Linux 5.14)."""
+    for s, e, perms in maps:
+        if perms[3] != "p":
+            continue                    # shared: merged by file offset, no anon_vma
+        page = max(s, start)
+        if page >= min(e, end):
+            continue
+        try:
+            impl.madvise(page, mmap.PAGESIZE, MADV_POPULATE_WRITE)
+        except OSError:
+            impl.mp_touch(page)
+
+
+def _headroom(limit: int) -> int:
+    """Mappings left to the rest of the process (malloc, thread stacks, Python's
+    arenas) when the tracking has used its share of vm.max_map_count."""
+    return max(1024, limit // 16)
+
+
+def _map_count_text() -> str:
+    limit, used = _sysctl("vm.max_map_count"), _map_count()
+    return (f"vm.max_map_count={limit or '?'}, this process has {used or '?'} mappings; "
+            "every isolated written page costs two")
+
+
+class MprotectBackend(Backend):
+    name: ClassVar[str] = "mprotect"
+    priority: ClassVar[int] = 10
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        atomic_reset=True,
+        range_reset=True,
+        other_processes=False,
+        kernel_filtering=False,
+        kernel_writes_seen=False,
+        categories=int(Category.WPALLOWED),
+        notes=("tracks the calling process only; works on every Linux kernel",
+               "kernel writes (read()/readinto() into a clean tracked page) fail with "
+               "EFAULT: call mark_written() on the buffer first",
+               "past vm.max_map_count (~32k scattered written pages by default) pages are "
+               "coarsened: reported written without a write, counted in stats()['coarsened']",
+               "madvise(MADV_DONTNEED) and the program's own mprotect() calls on tracked "
+               "memory are not seen",
+               "each first write to a page costs a SIGSEGV round trip",
+               "memory must be rw- (not executable); close() leaves it PROT_READ|PROT_WRITE",
+               "fork(): the child's copy is untracked and writable"),
+    )
+
+    @classmethod
+    def probe(cls) -> Probe:
+        details: dict[str, object] = {"kernel": platform.release(),
+                                      "machine": platform.machine(),
+                                      "vm.max_map_count": _sysctl("vm.max_map_count")}
+        if not sys.platform.startswith("linux"):
+            return Probe(False, f"the mprotect backend needs Linux (this is {sys.platform})",
+                         details)
+        if IMPLEMENTATION != "cython":
+            return Probe(False, "needs the compiled core (pagescan._core): the SIGSEGV "
+                         "handler is C; the pure-Python reference is loaded", details)
+        if not hasattr(impl, "mp_register"):
+            return Probe(False, "pagescan._core was built without the mprotect backend "
+                         "(_mprotect.c): rebuild with 'pip install .'", details)
+        details["write_fault_detection"] = (
+            "page-fault error code" if platform.machine() in ("x86_64", "AMD64")
+            else "every protection fault in a tracked range counts as a write")
+        details["handler_installed"] = impl.mp_installed()
+        return Probe(True, "", details)
+
+    def __init__(self, *, pid: int | None = None, thp: bool = False) -> None:
+        if pid is not None and pid != os.getpid():
+            raise ValueError("the mprotect backend tracks only the calling process's memory; "
+                             "use backend='softdirty' for another process")
+        self._core = impl
+        self.thp = thp                      # ignored: protection is per 4 KiB page
+        self._handle: int | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._warned = False
+
+    # -- registration -------------------------------------------------------
+
+    def register(self, start: int, end: int) -> None:
+        core = self._core
+        if core.mp_overlapping(start, end):
+            raise self._error(OSError(errno.EEXIST, "overlap"), start, end)
+        found = _read_maps(start, end)
+        maps, total = found if found is not None else (None, None)
+        if maps is not None:
+            at = start
+            for s, e, perms in maps:
+                if s > at:
+                    break
+                if perms[:2] != "rw" or perms[2] == "x":
+                    raise RangeError(
+                        f"[0x{max(s, start):x}, 0x{min(e, end):x}) is mapped {perms}: the "
+                        "mprotect backend tracks read-write, non-executable memory only")
+                at = e
+            if at < end:
+                raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
+            _prepare(maps, start, end)
+        with _table_lock:
+            limit = _sysctl("vm.max_map_count")
+            if limit is not None and total is not None:
+                # the tracking's share: what the rest of the process does not use,
+                # minus a headroom (set again by every register, as the process grows)
+                others = total - core.mp_stats()["mappings"]
+                core.mp_set_budget(max(0, int(limit) - others - _headroom(int(limit))))
+            try:
+                core.mp_install()
+                handle = core.mp_register(start, end)
+            except OSError as err:
+                raise self._error(err, start, end) from err
+        self._handle = handle
+        try:
+            self.reset(start, end)
+        except BaseException:
+            self.unregister(start, end)
+            raise
+
+    def unregister(self, start: int, end: int) -> None:
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is None or os.getpid() != self._pid:
+                return
+            with _table_lock:
+                try:
+                    self._core.mp_unregister(handle)
+                except OSError as err:
+                    # ENOMEM: unmapped under the tracker (nothing left to protect);
+                    # ESTALE: already gone
+                    if err.errno not in (errno.ENOMEM, errno.ESTALE):
+                        raise KernelError(err.errno, err.strerror) from err
+
+    # -- tracking -----------------------------------------------------------
+
+    def _live(self) -> int:
+        if os.getpid() != self._pid:
+            raise TrackerClosed("this mprotect tracker was inherited through fork(): the "
+                                "child's copy of the memory is untracked; create a new "
+                                "tracker there")
+        if self._handle is None:
+            raise TrackerClosed("the mprotect backend is not tracking this range")
+        return self._handle
+
+    def reset(self, start: int, end: int) -> None:
+        with self._lock:
+            handle = self._live()
+            try:
+                left = self._core.mp_arm(handle, start, end)
+            except OSError as err:
+                raise self._error(err, start, end) from err
+            self._after(handle, left, start, end)
+
+    def scan(self, start: int, end: int, masks: Masks, *, max_pages: int = 0,
+             max_regions: int | None = None, reset: bool = False) -> ScanResult:
+        if not masks.matches_nothing and (masks.mask | masks.anyof) & ~_KNOWN:
+            unknown = Category((masks.mask | masks.anyof) & ~_KNOWN)
+            raise ValueError(f"the mprotect backend knows only WRITTEN and WPALLOWED; these "
+                             f"masks test {unknown!r} (use backend='uffd' or 'softdirty')")
+        with self._lock:
+            handle = self._live()
+            self._check_error(handle)
+            try:
+                result, left = self._core.mp_scan(handle, start, end, masks, max_pages,
+                                                  max_regions, reset)
+            except OSError as err:
+                raise self._error(err, start, end) from err
+            self._after(handle, left, start, end)
+        return result
+
+    def mark_written(self, start: int, end: int) -> None:
+        """Give write access back to ``[start, end)`` (page-aligned, inside the
+        tracked range) and count it as written: call it before a kernel write
+        (``readinto()``) into tracked memory, which would otherwise fail with EFAULT."""
+        with self._lock:
+            handle = self._live()
+            try:
+                self._core.mp_mark_written(handle, start, end)
+            except OSError as err:
+                raise self._error(err, start, end) from err
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this range: ``faults`` (write faults handled), ``coarsened``
+        (pages reported written without a write, vm.max_map_count),
+        ``coarsen_events``, ``reprotect_failed`` (pages a reset left written),
+        ``error`` (sticky errno of a fault that could not be handled, else 0),
+        ``mappings`` (the mappings this range's tracking adds now, estimated) and
+        ``budget`` (how many all ranges may add together before coarsening)."""
+        with self._lock:
+            handle = self._live()
+            return dict(self._core.mp_stats(handle))
+
+    # -- errors -------------------------------------------------------------
+
+    def _check_error(self, handle: int) -> None:
+        st = self._core.mp_stats(handle)
+        if st["error"]:
+            err = int(st["error"])
+            what = (f"the process ran out of memory mappings ({_map_count_text()}) and "
+                    "even unprotecting the whole range failed" if err == errno.ENOMEM
+                    else os.strerror(err))
+            raise KernelError(err, f"a write to the tracked page at 0x{st['error_addr']:x} "
+                              f"could not be handled: {what}; the answers of this tracker "
+                              "are no longer reliable (raise vm.max_map_count or use "
+                              "backend='uffd')")
+
+    def _after(self, handle: int, left: int, start: int, end: int) -> None:
+        """After a reset: pages that could not be re-protected, and coarsening."""
+        if left:
+            maps = _mappings(start, end)
+            if maps is not None and (not maps or maps[0][0] > start
+                                     or any(a[1] < b[0] for a, b in itertools.pairwise(maps))
+                                     or maps[-1][1] < end):
+                raise RangeError(f"[0x{start:x}, 0x{end:x}) is no longer mapped: it was "
+                                 "unmapped while tracked")
+        if self._warned:
+            return
+        st = self._core.mp_stats(handle)
+        if st["coarsened"] or st["reprotect_failed"]:
+            self._warned = True
+            warnings.warn(
+                f"the tracking used its share of vm.max_map_count ({st['budget']} "
+                f"mappings; {_map_count_text()}): {st['coarsened']} pages are reported "
+                f"written without a write and {st['reprotect_failed']} could not be "
+                "re-protected (answers are conservative, no write is lost); raise "
+                "vm.max_map_count or use backend='uffd'", MapCountWarning, stacklevel=4)
+
+    @staticmethod
+    def _error(err: OSError, start: int, end: int) -> Exception:
+        e = err.errno
+        if e == errno.EEXIST:
+            return OverlapError(f"[0x{start:x}, 0x{end:x}) overlaps a range the mprotect "
+                                "backend already tracks")
+        if e == errno.ENOSPC:
+            return KernelError(e, "the mprotect backend tracks at most "
+                               f"{impl.MP_MAX_RANGES} ranges at once: close a tracker first")
+        if e == errno.ESTALE:
+            return TrackerClosed("the mprotect backend no longer tracks this range")
+        if e == errno.EINVAL:
+            return RangeError(f"[0x{start:x}, 0x{end:x}): {err.strerror}")
+        if e == errno.ENOMEM:
+            maps = _mappings(start, end)
+            if maps is not None and sum(min(b, end) - max(a, start) for a, b, _ in maps) \
+                    < end - start:
+                return RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
+            return KernelError(e, f"mprotect() ran out of memory mappings: {_map_count_text()}")
+        return KernelError(e, err.strerror)
+
+    def close(self) -> None:
+        if self._handle is not None and os.getpid() == self._pid:
+            self.unregister(0, 0)
+        self._handle = None
