@@ -1,0 +1,596 @@
+"""The ``pagescan`` command, run as a user runs it: ``python -m pagescan ...`` in a
+subprocess, checking exit codes, ``--json`` schemas and messages.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 no such process / exited, 4 access denied,
+5 no backend works here for what was asked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import require
+
+import pagescan
+
+PS = mmap.PAGESIZE
+CATEGORY_NAMES = set(pagescan.Category.__members__)
+
+
+def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pagescan", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def run_pty(*args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run with stdout and stderr on a terminal; (exit code, everything written)."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "pagescan", *args], stdin=subprocess.DEVNULL,
+                         stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([master], [], [], 0.5)
+        if r:
+            try:
+                b = os.read(master, 65536)
+            except OSError:            # EIO: the other side closed
+                break
+            if not b:
+                break
+            chunks.append(b)
+        elif p.poll() is not None:
+            break
+    os.close(master)
+    return p.wait(timeout=10), b"".join(chunks).decode(errors="replace")
+
+
+# A process with a 64-page buffer, pages 1-3, 10 and 40 written; it prints the
+# buffer's address and waits until its stdin closes.
+TARGET = r"""
+import ctypes, mmap, sys
+m = mmap.mmap(-1, 64 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for p in (1, 2, 3, 10, 40):
+    m[p * mmap.PAGESIZE] = 1
+print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True)
+sys.stdin.read()
+"""
+WRITTEN = (1, 2, 3, 10, 40)
+
+
+@pytest.fixture
+def target():
+    p = subprocess.Popen([sys.executable, "-c", TARGET], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    addr = int(p.stdout.readline())
+    yield p, addr
+    p.stdin.close()
+    p.wait(timeout=10)
+
+
+def gone_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _drop_all_capabilities() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):                   # PR_CAPBSET_DROP; past the last cap: EINVAL
+        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.fixture
+def forbidden():
+    """(pid, preexec_fn): a process the command run with preexec_fn may not ptrace-read.
+
+    As root: a process of user nobody, and the command loses every capability (a
+    root process keeps uid 0 but loses CAP_SYS_PTRACE, as an ordinary user would
+    not have it). As another user: PID 1, which belongs to root."""
+    if os.geteuid() != 0:
+        yield 1, None
+        return
+    p = subprocess.Popen(["sleep", "60"], user=65534, group=65534)
+    try:
+        yield p.pid, _drop_all_capabilities
+    finally:
+        p.kill()
+        p.wait()
+
+
+# ------------------------------------------------------------------------ general
+
+
+def test_help_and_version():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("doctor", "scan", "watch", "compare"):
+        assert cmd in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and pagescan.__version__ in r.stdout
+
+
+def test_no_subcommand_is_a_usage_error():
+    r = run()
+    assert r.returncode == 2
+    assert "usage:" in r.stderr
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    r = run("frobnicate")
+    assert r.returncode == 2
+
+
+# ------------------------------------------------------------------------ doctor
+
+
+def test_doctor_json_schema():
+    r = run("doctor", "--json")
+    rep = json.loads(r.stdout)
+    assert set(rep) >= {"pagescan", "python", "kernel", "page_size", "backends", "settings",
+                        "soft_dirty"}
+    assert rep["kernel"]["release"] == os.uname().release
+    assert rep["pagescan"]["implementation"] == pagescan.IMPLEMENTATION
+    names = [b["name"] for b in rep["backends"]]
+    assert names == pagescan.backend_names()
+    probes = pagescan.probe_all()
+    for b in rep["backends"]:
+        assert set(b) >= {"name", "ok", "reason", "real", "capabilities", "details"}
+        assert b["ok"] == probes[b["name"]].ok
+        if not b["ok"]:
+            assert b["reason"] == probes[b["name"]].reason and b["reason"]
+    settings = {s["name"]: s for s in rep["settings"]}
+    assert set(settings) == {"vm.unprivileged_userfaultfd", "vm.max_map_count",
+                             "kernel.yama.ptrace_scope", "transparent_hugepage/enabled",
+                             "transparent_hugepage/defrag", "vm.nr_hugepages"}
+    with open("/proc/sys/vm/max_map_count") as f:
+        assert settings["vm.max_map_count"]["value"] == f.read().strip()
+    assert isinstance(rep["soft_dirty"]["reason"], str)
+    assert rep["soft_dirty"]["available"] in (True, False, None)
+    working = any(b["ok"] and b["real"] is not False for b in rep["backends"])
+    assert r.returncode == (0 if working else 5)
+
+
+def test_doctor_text_names_every_backend_and_reason():
+    r = run("doctor")
+    assert r.returncode in (0, 5)
+    for name, p in pagescan.probe_all().items():
+        assert name in r.stdout
+        if not p.ok:
+            assert p.reason in r.stdout
+    for setting in ("vm.unprivileged_userfaultfd", "vm.max_map_count",
+                    "kernel.yama.ptrace_scope", "transparent_hugepage/enabled",
+                    "transparent_hugepage/defrag", "vm.nr_hugepages", "soft-dirty"):
+        assert setting in r.stdout
+    assert os.uname().release in r.stdout
+
+
+# ------------------------------------------------------------------------ scan
+
+
+def _regions(rep: dict, lo: int, hi: int) -> list[tuple[int, int, list[str]]]:
+    return [(g["start"], g["end"], g["categories"]) for m in rep["mappings"]
+            for g in m["regions"] if lo <= g["start"] and g["end"] <= hi]
+
+
+def test_scan_json_schema(target):
+    p, _ = target
+    r = run("scan", str(p.pid), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep) >= {"pid", "command", "method", "range", "masks", "page_size",
+                        "mappings", "total", "notes"}
+    assert rep["pid"] == p.pid and rep["method"] in ("PAGEMAP_SCAN", "pagemap")
+    assert rep["mappings"]
+    with open(f"/proc/{p.pid}/maps") as f:
+        assert len(rep["mappings"]) == len(f.read().splitlines())
+    pages = 0
+    for m in rep["mappings"]:
+        assert set(m) >= {"start", "end", "perms", "offset", "device", "inode", "path",
+                          "regions"}
+        assert m["start"] < m["end"] and len(m["perms"]) == 4
+        prev = m["start"]
+        for g in m["regions"]:
+            assert set(g) >= {"start", "end", "pages", "categories", "flags"}
+            assert prev <= g["start"] < g["end"] <= m["end"]
+            assert (g["end"] - g["start"]) // PS == g["pages"]
+            assert set(g["categories"]) <= CATEGORY_NAMES
+            assert g["flags"] == sum(pagescan.Category[c] for c in g["categories"])
+            prev = g["end"]
+            pages += g["pages"]
+    assert rep["total"]["pages"] == pages
+    assert rep["total"]["bytes"] == pages * PS
+
+
+def test_scan_filters_and_range(target):
+    p, addr = target
+    rng = f"{addr:x}-{addr + 64 * PS:x}"
+    r = run("scan", str(p.pid), "--range", rng, "--required", "PRESENT",
+            "--return", "present,written", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["range"] == {"start": addr, "end": addr + 64 * PS}
+    assert rep["masks"]["required"] == ["PRESENT"]
+    got = _regions(rep, addr, addr + 64 * PS)
+    want = [(addr + PS, addr + 4 * PS), (addr + 10 * PS, addr + 11 * PS),
+            (addr + 40 * PS, addr + 41 * PS)]
+    assert [(a, b) for a, b, _ in got] == want
+    assert all(c == ["WRITTEN", "PRESENT"] for _, _, c in got)
+    # excluded: the pages of the buffer that are not present
+    r = run("scan", str(p.pid), "--range", rng, "--excluded", "PRESENT", "--return", "none",
+            "--json")
+    rep = json.loads(r.stdout)
+    got = _regions(rep, addr, addr + 64 * PS)
+    assert [(a, b) for a, b, _ in got] == [(addr, addr + PS), (addr + 4 * PS, addr + 10 * PS),
+                                           (addr + 11 * PS, addr + 40 * PS),
+                                           (addr + 41 * PS, addr + 64 * PS)]
+    assert all(c == [] for _, _, c in got)
+
+
+def test_scan_pagemap_method_agrees_with_the_ioctl(target):
+    if pagescan.IMPLEMENTATION != "cython":
+        pytest.skip("PAGEMAP_SCAN needs the compiled core")
+    p, addr = target
+    rng = f"{addr:x}-{addr + 64 * PS:x}"
+    common = ("--range", rng, "--required", "present", "--return", "PRESENT,FILE,SWAPPED,"
+              "WRITTEN", "--json")
+    a = json.loads(run("scan", str(p.pid), "--method", "ioctl", *common).stdout)
+    b = json.loads(run("scan", str(p.pid), "--method", "pagemap", *common).stdout)
+    assert a["method"] == "PAGEMAP_SCAN" and b["method"] == "pagemap"
+    assert a["mappings"] == b["mappings"]
+    assert b["notes"]            # what pagemap entries cannot tell is said
+
+
+def test_scan_with_the_pure_python_core_reads_pagemap(target):
+    p, addr = target
+    rng = f"{addr:x}-{addr + 64 * PS:x}"
+    env = dict(os.environ, PAGESCAN_PUREPYTHON="1")
+    r = run("scan", str(p.pid), "--range", rng, "--required", "PRESENT", "--return",
+            "PRESENT", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["method"] == "pagemap"
+    assert [(a - addr) // PS for a, _, _ in _regions(rep, addr, addr + 64 * PS)] == [1, 10, 40]
+
+
+def test_scan_text(target):
+    p, addr = target
+    r = run("scan", str(p.pid), "--range", f"{addr:x}-{addr + 64 * PS:x}",
+            "--required", "WRITTEN,PRESENT")
+    assert r.returncode == 0, r.stderr
+    assert f"{addr + PS:012x}-{addr + 4 * PS:012x}" in r.stdout
+    assert "WRITTEN,PRESENT" in r.stdout
+    assert "total: 5 pages" in r.stdout
+
+
+@pytest.mark.parametrize("bad", ["zz-10000", "10000", "20000-10000", "1000-1000",
+                                 "1001-3000", "0-ffffffffffffffff"])
+def test_scan_bad_range_is_a_usage_error(target, bad):
+    p, _ = target
+    r = run("scan", str(p.pid), "--range", bad)
+    assert r.returncode == 2
+    assert "--range" in r.stderr and "range" in r.stderr
+    assert r.stdout == ""
+
+
+def test_scan_unknown_category_is_a_usage_error(target):
+    p, _ = target
+    r = run("scan", str(p.pid), "--required", "WRITTEN,DIRTYISH")
+    assert r.returncode == 2
+    assert "DIRTYISH" in r.stderr and "WRITTEN" in r.stderr
+
+
+def test_scan_bad_pid_is_a_usage_error():
+    for bad in ("abc", "0", "-5"):
+        assert run("scan", bad).returncode == 2
+
+
+def test_scan_no_such_process():
+    pid = gone_pid()
+    r = run("scan", str(pid))
+    assert r.returncode == 3
+    assert f"no process with PID {pid}" in r.stderr
+
+
+def test_scan_without_permission(forbidden):
+    pid, preexec = forbidden
+    r = run("scan", str(pid), preexec_fn=preexec)
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    assert "ptrace read access" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("scan", str(pid), "--json", preexec_fn=preexec)
+    assert r.returncode == 4 and r.stdout == ""
+
+
+# ------------------------------------------------------------------------ watch
+
+
+def _other_process_backend() -> str | None:
+    """A real backend that can watch another process here, or None."""
+    from pagescan.cli import EXIT_UNAVAILABLE, Exit, _other_process_backend as pick
+    try:
+        return pick("auto")
+    except Exit as err:
+        assert err.code == EXIT_UNAVAILABLE
+        return None
+
+
+def test_watch_another_process_without_a_backend_fails_with_the_reason(target):
+    if _other_process_backend() is not None:
+        pytest.skip("a backend here can watch other processes")
+    p, _ = target
+    r = run("watch", str(p.pid), "--count", "1", "--interval", "100ms")
+    assert r.returncode == 5
+    sd = pagescan.probe("softdirty")
+    assert not sd.ok
+    assert sd.reason in r.stderr
+    assert "Traceback" not in r.stderr
+    # asking for it by name says the same
+    r = run("watch", str(p.pid), "--backend", "softdirty", "--count", "1")
+    assert r.returncode == 5 and sd.reason in r.stderr
+    # and the uffd backend cannot watch another process at all
+    r = run("watch", str(p.pid), "--backend", "uffd", "--count", "1")
+    assert r.returncode == 5 and "another process" in r.stderr
+
+
+def test_watch_no_such_process():
+    r = run("watch", str(gone_pid()), "--count", "1")
+    assert r.returncode == 3
+    assert "no process" in r.stderr
+
+
+def test_watch_without_permission(forbidden):
+    pid, preexec = forbidden
+    r = run("watch", str(pid), "--count", "1", preexec_fn=preexec)
+    assert r.returncode == 4
+    assert "ptrace read access" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--interval", "0"], ["--interval", "soon"],
+                                  ["--count", "0"], ["--duration", "-1s"], [],
+                                  ["--demo", "1"]])
+def test_watch_usage_errors(args):
+    r = run("watch", *args)
+    assert r.returncode == 2, r.stderr
+    assert "usage:" in r.stderr
+
+
+def test_watch_unknown_backend():
+    r = run("watch", str(os.getpid()), "--backend", "nosuch", "--count", "1")
+    assert r.returncode == 2 and "nosuch" in r.stderr
+
+
+def _uffd_ok() -> None:
+    p = pagescan.probe("uffd")
+    require(p.ok, p.reason)
+
+
+def test_watch_demo_json_lines():
+    """Own memory (uffd): one JSON object per sample, then a summary; the rate is the
+    demo writer's (distinct pages, so at most the rate asked for)."""
+    _uffd_ok()
+    r = run("watch", "--demo", "--demo-rate", "3000", "--interval", "250ms", "--count", "3",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 4
+    samples, summary = lines[:3], lines[3]["summary"]
+    for i, s in enumerate(samples):
+        assert set(s) == {"index", "t", "interval", "pages", "pages_per_s", "mib_per_s",
+                          "mappings"}
+        assert s["index"] == i
+        assert 0.1 < s["interval"] < 1.0
+        assert 0 < s["pages"] and s["pages_per_s"] < 3000 * 1.5
+        assert s["mib_per_s"] == pytest.approx(s["pages_per_s"] * PS / 2**20, rel=1e-3)
+        (m,) = s["mappings"]
+        assert m["path"] == "[pagescan demo buffer]" and m["pages"] == s["pages"]
+    assert summary["ended"] == "count" and summary["samples"] == 3
+    assert summary["pages"] == sum(s["pages"] for s in samples)
+
+
+def test_watch_demo_plain_lines_when_piped():
+    _uffd_ok()
+    r = run("watch", "--demo", "--interval", "200ms", "--duration", "0.6s")
+    assert r.returncode == 0, r.stderr
+    totals = [line for line in r.stdout.splitlines() if " total " in line]
+    assert 2 <= len(totals) <= 3
+    assert "\x1b[" not in r.stdout
+    assert "samples over" in r.stdout.splitlines()[-1]
+
+
+def test_watch_demo_refreshes_on_a_terminal():
+    _uffd_ok()
+    code, out = run_pty("watch", "--demo", "--interval", "200ms", "--count", "2")
+    assert code == 0, out
+    assert out.count("\x1b[H\x1b[2J") == 2
+    assert "pages/s" in out and "[pagescan demo buffer]" in out
+
+
+# ------------------------------------------- watch: a process that exits mid-watch
+
+# A third-party backend, registered through the entry-point group as a plugin would
+# be, for kernels without soft-dirty: "first touch" of another process, i.e. the
+# pages that became present since the last reset (PAGEMAP_SCAN, required=PRESENT).
+PLUGIN = r'''
+import errno
+import os
+
+from pagescan import Category, Masks, NoSuchProcess, ScanResult
+from pagescan._impl import impl
+from pagescan.backends.base import Backend, Capabilities, Probe
+
+PS = os.sysconf("SC_PAGE_SIZE")
+
+
+class FirstTouch(Backend):
+    name = "firsttouch"
+    capabilities = Capabilities(atomic_reset=False, range_reset=False, other_processes=True,
+                                kernel_filtering=False, kernel_writes_seen=True,
+                                categories=0)
+
+    @classmethod
+    def probe(cls):
+        return Probe(hasattr(impl, "pm_scan"), "needs the compiled core")
+
+    def __init__(self, *, pid=None, thp=False):
+        self.pid = pid or os.getpid()
+        self.fd = os.open(f"/proc/{self.pid}/pagemap", os.O_RDONLY)
+        self.seen = set()
+
+    def _present(self, start, end):
+        try:
+            res = impl.pm_scan(self.fd, start, end, 0,
+                               Masks(required=Category.PRESENT, return_mask=0))
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise NoSuchProcess(f"process {self.pid} has exited") from None
+            raise
+        return {a // PS for s, e, _ in res.regions for a in range(s, e, PS)}
+
+    def register(self, start, end):
+        self.reset(start, end)
+
+    def unregister(self, start, end):
+        pass
+
+    def reset(self, start, end):
+        self.seen = self._present(start, end)
+
+    def scan(self, start, end, masks, *, max_pages=0, max_regions=None, reset=False):
+        now = self._present(start, end)
+        new = sorted(now - self.seen)
+        if reset:
+            self.seen = now
+        regions = impl.RegionArray([(p * PS, (p + 1) * PS, int(Category.WRITTEN))
+                                    for p in new])
+        return ScanResult(impl.coalesce(regions), end)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+'''
+
+# Writes 64 new pages every 50 ms for about 1.2 s, then exits.
+WRITER = r"""
+import mmap, time
+m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+print("ready", flush=True)
+page = 0
+end = time.monotonic() + 1.2
+while time.monotonic() < end:
+    for _ in range(64):
+        m[page * mmap.PAGESIZE] = 1
+        page += 1
+    time.sleep(0.05)
+"""
+
+
+def install_plugin(where, module: str, source: str, name: str, cls: str) -> dict:
+    """Install a backend plugin (a module and its entry point in the group
+    ``pagescan.backends``) under ``where``; the environment of a command that has it."""
+    (where / f"{module}.py").write_text(source)
+    info = where / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[pagescan.backends]\n{name} = {module}:{cls}\n")
+    path = os.pathsep.join(p for p in (str(where), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path)
+
+
+@pytest.fixture
+def plugin_env(tmp_path):
+    """The environment of a command that has the "firsttouch" plugin installed."""
+    if pagescan.IMPLEMENTATION != "cython":
+        pytest.skip("the test plugin needs the compiled core (PAGEMAP_SCAN)")
+    return install_plugin(tmp_path, "pagescan_firsttouch", PLUGIN, "firsttouch", "FirstTouch")
+
+
+def _watch_backend_args(plugin_env: dict) -> tuple[list[str], dict | None]:
+    """Soft-dirty where the kernel has it, else the test plugin."""
+    if _other_process_backend() is not None:
+        return [], None
+    return ["--backend", "firsttouch"], plugin_env
+
+
+def test_watch_a_process_that_exits(plugin_env):
+    extra, env = _watch_backend_args(plugin_env)
+    w = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert w.stdout.readline().strip() == "ready"
+        r = run("watch", str(w.pid), "--interval", "200ms", "--json", *extra, env=env,
+                timeout=60)
+    finally:
+        w.kill()
+        w.wait()
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert f"process {w.pid} exited after" in r.stderr and "watch ended" in r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    samples, summary = lines[:-1], lines[-1]["summary"]
+    assert summary["ended"] == "exited" and summary["samples"] == len(samples)
+    assert len(samples) >= 2
+    assert sum(s["pages"] for s in samples) >= 64
+    busiest = max(samples, key=lambda s: s["pages"])
+    assert busiest["mappings"][0]["pages"] >= 64      # the writer's buffer leads
+
+
+def test_watch_a_process_that_exits_plain(plugin_env):
+    extra, env = _watch_backend_args(plugin_env)
+    w = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, text=True)
+    try:
+        w.stdout.readline()
+        r = run("watch", str(w.pid), "--interval", "300ms", "--count", "100", *extra,
+                env=env, timeout=60)
+    finally:
+        w.kill()
+        w.wait()
+    assert r.returncode == 3
+    assert " total " in r.stdout and "samples over" in r.stdout
+    assert "exited" in r.stderr
+
+
+def test_watch_count_and_duration_end_the_watch(plugin_env, target):
+    extra, env = _watch_backend_args(plugin_env)
+    p, _ = target
+    t0 = time.monotonic()
+    r = run("watch", str(p.pid), "--interval", "100ms", "--count", "3", "--json", *extra,
+            env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and json.loads(lines[-1])["summary"]["ended"] == "count"
+    r = run("watch", str(p.pid), "--interval", "100ms", "--duration", "0.35s", "--json",
+            *extra, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert summary["ended"] == "duration" and 3 <= summary["samples"] <= 4
+    assert summary["seconds"] == pytest.approx(0.35, abs=0.1)
+    assert time.monotonic() - t0 < 30
+
+
+def test_watch_ends_cleanly_on_ctrl_c():
+    _uffd_ok()
+    p = subprocess.Popen([sys.executable, "-m", "pagescan", "watch", "--demo", "--interval",
+                          "100ms", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    first = p.stdout.readline()             # one sample is out: the watch is running
+    assert json.loads(first)["index"] == 0
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    summary = json.loads(out.splitlines()[-1])["summary"]
+    assert summary["ended"] == "interrupted" and summary["samples"] >= 1
+    assert "Traceback" not in err

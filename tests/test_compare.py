@@ -1,0 +1,479 @@
+"""``pagescan compare``: the workloads' ground truth, the scoring, the isolation of
+each (backend, workload) pair, and the command as a user runs it
+(``python -m pagescan compare ...`` in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import require
+from test_cli import install_plugin, run, run_pty
+
+import pagescan
+from pagescan import compare
+from pagescan.compare import (Executor, Op, Tally, Workload, build_workloads, run_isolated,
+                              run_workload)
+
+SPEED_KEYS = {"arm_ms", "scan_ms", "reset_ms", "first_write_us_per_page"}
+
+
+# ------------------------------------------------------------ the ground truth
+
+
+class Model(Executor):
+    """An executor that reports what the test tells it to, from the same ops."""
+
+    def __init__(self, w: Workload, *, drop: int = 0, extra: int = 0,
+                 failing_kwrites: bool = False) -> None:
+        self.w, self.drop, self.extra, self.failing = w, drop, extra, failing_kwrites
+        self.pending: set[int] = set()
+        self.data = set(w.populate)
+
+    def write(self, pages):
+        self.pending |= set(pages)
+        self.data |= set(pages)
+
+    def kernel_write(self, pages):
+        if self.failing:
+            return list(pages)
+        self.write(pages)
+        return []
+
+    def discard(self, pages):
+        self.pending |= self.data & set(pages)
+        self.data -= set(pages)
+
+    def protect(self, pages, prot):
+        pass
+
+    def fork(self, child_pages):
+        pass
+
+    def collect(self):
+        got = set(sorted(self.pending)[self.drop:])
+        got |= {self.w.npages + i for i in range(self.extra)}    # never-written pages
+        self.pending = set()
+        return got
+
+    def concurrent(self, pages, threads):
+        half = len(pages) // 2
+        return [set(pages[:half]), set(pages[half:]) | set(pages[:3]), set()]
+
+
+def _intended(w: Workload) -> int:
+    """Pages each collect should report, summed: computed from the ops independently
+    of run_workload's bookkeeping."""
+    total, pending, data = 0, set(), set(w.populate)
+    for op in w.ops:
+        if op.kind in ("write", "kwrite"):
+            pending |= set(op.pages)
+            data |= set(op.pages)
+        elif op.kind == "discard":
+            pending |= data & set(op.pages)
+            data -= set(op.pages)
+        elif op.kind == "collect":
+            total += len(pending)
+            pending = set()
+        elif op.kind == "concurrent":
+            total += len(set(op.pages))
+    return total
+
+
+@pytest.mark.parametrize("w", build_workloads(1024, seed=5), ids=lambda w: w.name)
+def test_a_perfect_tracker_scores_one(w):
+    res = run_workload(w, Model(w))
+    t = res["tally"]
+    assert t["truth"] == _intended(w) > 0
+    assert t["tp"] == t["truth"] == t["reported"]
+    assert t["lost"] == t["fp"] == 0
+    assert t["precision"] == t["recall"] == 1.0
+
+
+def test_lost_writes_and_false_positives_are_counted():
+    w = next(w for w in build_workloads(1024) if w.name == "sparse")
+    collects = sum(op.kind == "collect" for op in w.ops)
+    t = run_workload(w, Model(w, drop=2, extra=3))["tally"]
+    assert t["lost"] == 2 * collects
+    assert t["fp"] == 3 * collects
+    assert t["tp"] == t["truth"] - t["lost"]
+    assert t["precision"] == pytest.approx(t["tp"] / (t["tp"] + t["fp"]))
+    assert t["recall"] == pytest.approx(t["tp"] / (t["tp"] + t["lost"]))
+
+
+def test_failed_kernel_writes_are_an_outcome_not_a_change():
+    w = next(w for w in build_workloads(1024) if w.name == "kernel")
+    res = run_workload(w, Model(w, failing_kwrites=True))
+    t = res["tally"]
+    kw = sum(len(op.pages) for op in w.ops if op.kind == "kwrite")
+    assert t["failed_writes"] == kw
+    assert t["truth"] == _intended(w) - kw
+    assert t["lost"] == 0
+    assert any("EFAULT" in n for n in res["notes"])
+
+
+def test_concurrent_truth_is_the_union_of_the_collects():
+    w = Workload("t", "t", "t", 64, (Op("concurrent", tuple(range(10)), 2),), ())
+    t = run_workload(w, Model(w))["tally"]
+    assert t["truth"] == t["tp"] == 10 and t["lost"] == t["fp"] == 0
+    assert t["reported_twice"] == 3
+
+
+def test_discarding_a_page_that_held_data_changes_it():
+    w = Workload("d", "d", "d", 8, (Op("discard", (0, 1, 5)), Op("collect"),
+                                    Op("discard", (0,)), Op("collect")), populate=(0, 1))
+    t = run_workload(w, Model(w))["tally"]
+    assert t["truth"] == 2            # pages 0 and 1 held data; 5 never did; 0 is zero now
+
+
+def test_workloads_are_deterministic_and_seeded():
+    a = build_workloads(2048, seed=3)
+    assert a == build_workloads(2048, seed=3)
+    assert a != build_workloads(2048, seed=4)
+    assert [w.name for w in a] == compare.WORKLOAD_NAMES
+    for w in a:
+        for op in w.ops:
+            assert all(0 <= p < w.npages for p in op.pages)
+    thp = {w.name: w for w in a if w.name.startswith("thp")}
+    assert thp["thp-on"].thp and not thp["thp-off"].thp
+    assert thp["thp-on"].ops == thp["thp-off"].ops
+
+
+def test_tally_without_pages_has_no_ratios():
+    t = Tally()
+    assert t.precision is None and t.recall is None
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def test_isolated_result():
+    assert run_isolated(lambda: {"x": 1}, 10) == {"ok": {"x": 1}}
+
+
+def test_isolated_exception_is_reported():
+    def boom():
+        raise RuntimeError("nope")
+    res = run_isolated(boom, 10)
+    assert "RuntimeError: nope" in res["error"]
+
+
+def test_isolated_crash_is_reported():
+    def crash():
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return {}
+    import faulthandler
+    was = faulthandler.is_enabled()
+    faulthandler.disable()
+    try:
+        res = run_isolated(crash, 10)
+    finally:
+        if was:
+            faulthandler.enable()
+    assert res == {"error": "crashed: killed by SIGSEGV"}
+
+
+def test_isolated_timeout_kills_the_child():
+    t0 = time.monotonic()
+    res = run_isolated(lambda: time.sleep(30) or {}, 0.5)
+    assert "timed out" in res["error"]
+    assert time.monotonic() - t0 < 10
+
+
+# -------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    r = run("compare", "--quick", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_compare_json_schema(quick_report):
+    rep = quick_report
+    assert set(rep) >= {"pagescan", "implementation", "kernel", "pages", "bytes", "seed",
+                        "rounds", "workloads", "rows", "left_out", "seconds"}
+    assert rep["kernel"] == os.uname().release
+    assert [w["name"] for w in rep["workloads"]] == compare.WORKLOAD_NAMES
+    assert rep["rows"]
+    for row in rep["rows"]:
+        assert set(row) >= {"name", "label", "kind", "probe", "capabilities", "totals",
+                            "speed", "speed_error", "workloads", "workloads_failed"}
+        assert row["kind"] in ("real", "simulated")
+        assert set(row["workloads"]) == set(compare.WORKLOAD_NAMES)
+        for cell in row["workloads"].values():
+            assert set(cell) >= {"tally", "seconds", "notes", "error"}
+            if cell["error"] is None:
+                assert set(cell["tally"]) >= {"truth", "reported", "tp", "fp", "lost",
+                                              "failed_writes", "precision", "recall"}
+        t = row["totals"]
+        assert t["tp"] + t["lost"] == t["truth"]
+        assert t["tp"] + t["fp"] == t["reported"]
+        if row["kind"] == "real":
+            assert row["label"] == row["name"]
+            assert set(row["speed"]) >= SPEED_KEYS
+            assert all(row["speed"][k] >= 0 for k in SPEED_KEYS)
+            assert row["speed"]["arm_ms"] > 0
+        else:
+            assert row["label"] == f"{row['name']} (simulated)"
+            assert row["speed"] is None
+    for lo in rep["left_out"]:
+        assert lo["reason"]
+
+
+def test_compare_covers_every_backend(quick_report):
+    """Every registered real backend is a real row (its probe passes), a simulated row
+    or left out with its probe's reason."""
+    rows = {(r["name"], r["kind"]) for r in quick_report["rows"]}
+    left = {lo["name"]: lo["reason"] for lo in quick_report["left_out"]}
+    for name, p in pagescan.probe_all().items():
+        if p.ok and (name, "real") in rows:
+            continue
+        if not p.ok:
+            assert (name, "real") not in rows
+            assert (name, "simulated") in rows or p.reason in left.get(name, "")
+
+
+def test_compare_truth_matches_the_workloads(quick_report):
+    """The truth counts are those of the operations (the same seed and size)."""
+    rep = quick_report
+    wls = {w.name: w for w in build_workloads(rep["pages"], rep["seed"], rep["rounds"])}
+    for row in rep["rows"]:
+        for name, cell in row["workloads"].items():
+            if cell["error"] is None:
+                t = cell["tally"]
+                assert t["truth"] + t["failed_writes"] == _intended(wls[name]), (row, name)
+
+
+def test_uffd_loses_nothing(quick_report):
+    p = pagescan.probe("uffd")
+    require(p.ok, p.reason)
+    (row,) = [r for r in quick_report["rows"] if r["name"] == "uffd" and r["kind"] == "real"]
+    assert row["totals"]["lost"] == 0
+    assert row["totals"]["recall"] == 1.0
+    assert row["workloads_failed"] == 0
+
+
+def test_mprotect_kernel_writes_fail_as_an_outcome(quick_report):
+    p = pagescan.probe("mprotect")
+    require(p.ok, p.reason)
+    rows = [r for r in quick_report["rows"] if r["name"] == "mprotect" and r["kind"] == "real"]
+    cell = rows[0]["workloads"]["kernel"]
+    assert cell["error"] is None
+    assert cell["tally"]["failed_writes"] > 0
+    assert any("EFAULT" in n for n in cell["notes"])
+
+
+def test_compare_numbers_are_measured_in_the_run():
+    """Two runs: the truth follows the seed, and the times are not constants."""
+    a = json.loads(run("compare", "--quick", "--json", "--workload", "sparse", "--seed", "1",
+                       timeout=300).stdout)
+    b = json.loads(run("compare", "--quick", "--json", "--workload", "sparse", "--seed", "2",
+                       "--size", "12M", timeout=300).stdout)
+    assert a["pages"] != b["pages"]
+    ta = [r["workloads"]["sparse"]["tally"]["truth"] for r in a["rows"]]
+    tb = [r["workloads"]["sparse"]["tally"]["truth"] for r in b["rows"]]
+    assert ta and tb and ta[0] != tb[0]
+    sa = [r["speed"] for r in a["rows"] if r["speed"]]
+    sb = [r["speed"] for r in b["rows"] if r["speed"]]
+    if sa and sb:
+        assert sa[0]["pages"] != sb[0]["pages"]
+        assert sa[0]["arm_ms"] != sb[0]["arm_ms"]
+
+
+def test_compare_table(quick_report):
+    r = run("compare", "--quick", timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for head in ("precision", "recall", "lost", "false+", "arm ms", "scan ms", "reset ms",
+                 "1st write"):
+        assert head in out
+    for row in quick_report["rows"]:
+        assert row["label"] in out
+    for w in quick_report["workloads"]:
+        assert w["title"] in out
+    assert r.stderr == ""           # no progress bar when stderr is not a terminal
+
+
+def test_compare_progress_bar_on_a_terminal():
+    code, out = run_pty("compare", "--quick", "--workload", "sparse", timeout=300)
+    assert code == 0, out
+    assert "[" in out and "/" in out and "\r" in out
+    assert "sparse random writes" in out
+
+
+@pytest.mark.parametrize("args", [["--workload", "nope"], ["--backend", "nope"],
+                                  ["--size", "1M"], ["--size", "lots"], ["--rounds", "1"],
+                                  ["--simulate", "sometimes"]])
+def test_compare_usage_errors(args):
+    r = run("compare", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""
+
+
+def test_compare_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "cmp.png"
+    r = run("compare", "--quick", "--workload", "sparse", "--workload", "kernel",
+            "--plot", str(png), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_plot_without_matplotlib(tmp_path):
+    """Without the plot extra: a clear message naming it, before anything runs."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "matplotlib.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    env = dict(os.environ, PYTHONPATH=f"{block}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run([sys.executable, "-m", "pagescan", "compare", "--quick", "--plot",
+                        str(tmp_path / "x.png")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 1
+    assert "pagescan[plot]" in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+def _sim_ok() -> None:
+    ok, why = compare.sim_status()
+    require(ok, f"the simulator does not work here: {why}")
+
+
+def _tallies(row: dict) -> dict:
+    return {name: (c["tally"]["lost"], c["tally"]["fp"], c["tally"]["failed_writes"])
+            for name, c in row["workloads"].items()}
+
+
+def test_the_simulator_agrees_with_the_kernel():
+    """Where a backend works here, its simulated row gives the same lost writes,
+    false positives and failed writes on every workload as the real one."""
+    _sim_ok()
+    r = run("compare", "--quick", "--json", "--simulate", "all", timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {(x["name"], x["kind"]): x for x in json.loads(r.stdout)["rows"]}
+    pairs = [n for n, k in rows if k == "real" and (n, "simulated") in rows]
+    if not pairs:
+        pytest.skip("no backend both works here and is simulated")
+    for name in pairs:
+        real, sim = rows[name, "real"], rows[name, "simulated"]
+        assert real["workloads_failed"] == sim["workloads_failed"] == 0
+        assert _tallies(real) == _tallies(sim), name
+
+
+def test_simulated_soft_dirty_shows_its_known_inaccuracies():
+    """Soft-dirty played by the simulator (the softdirty backend's own code on the
+    simulated kernel): huge pages read as 2 MiB written, a discard is not seen, and a
+    store between the pagemap read and clear_refs is lost."""
+    _sim_ok()
+    r = run("compare", "--quick", "--json", "--simulate", "only", "--backend", "softdirty",
+            timeout=300)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["rows"]
+    assert row["kind"] == "simulated" and row["label"] == "softdirty (simulated)"
+    assert row["speed"] is None and "softdirty backend" in row["model"]
+    t = {k: c["tally"] for k, c in row["workloads"].items()}
+    assert t["thp-on"]["fp"] >= 512 and t["thp-off"]["fp"] == 0
+    assert t["dontneed"]["lost"] > 0
+    assert t["threads"]["lost"] > 0
+    for name in ("sparse", "sequential", "kernel", "fork"):
+        assert t[name]["lost"] == t[name]["fp"] == 0, name
+    assert "simulated threads" in " ".join(row["workloads"]["threads"]["notes"])
+
+
+def test_simulate_none_leaves_missing_backends_out():
+    r = run("compare", "--quick", "--json", "--simulate", "none", "--workload", "sparse",
+            timeout=300)
+    rep = json.loads(r.stdout)
+    assert all(x["kind"] == "real" for x in rep["rows"])
+    for name, p in pagescan.probe_all().items():
+        if not p.ok and name != "simulator":
+            (lo,) = [x for x in rep["left_out"] if x["name"] == name]
+            assert p.reason in lo["reason"]
+
+
+def test_sim_executor_restores_the_softdirty_module():
+    _sim_ok()
+    from pagescan.backends import softdirty as sd
+    before = (sd._probe_result, sd.target_factory)
+    w = next(w for w in build_workloads(1024) if w.name == "sparse")
+    ex = compare.SimExecutor("softdirty", w)
+    try:
+        res = run_workload(w, ex)
+    finally:
+        ex.close()
+    assert (sd._probe_result, sd.target_factory) == before
+    assert res["tally"]["lost"] == res["tally"]["fp"] == 0
+
+
+def test_watch_demo_simulated():
+    _sim_ok()
+    r = run("watch", "--demo", "--simulate", "--interval", "200ms", "--count", "2",
+            "--demo-size", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["index"] for x in lines[:2]] == [0, 1]
+    assert all(x["pages"] > 0 for x in lines[:2])
+    assert lines[0]["mappings"][0]["path"] == "[simulated demo buffer]"
+    assert lines[2]["summary"]["ended"] == "count"
+
+
+def test_watch_simulate_needs_demo():
+    r = run("watch", str(os.getpid()), "--simulate", "--count", "1")
+    assert r.returncode == 2 and "--demo" in r.stderr
+
+
+CRASHING = r"""
+import os, signal
+from pagescan.backends.base import Backend, Capabilities, Probe
+
+
+class Crashing(Backend):
+    name = "crashing"
+    capabilities = Capabilities(atomic_reset=True, range_reset=True, other_processes=False,
+                                kernel_filtering=False, kernel_writes_seen=True, categories=0)
+
+    @classmethod
+    def probe(cls):
+        return Probe(True)
+
+    def register(self, start, end):
+        pass
+
+    def unregister(self, start, end):
+        pass
+
+    def reset(self, start, end):
+        pass
+
+    def scan(self, start, end, masks, *, max_pages=0, max_regions=None, reset=False):
+        os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+def test_a_crashing_backend_is_an_outcome_not_the_end(tmp_path):
+    """A third-party backend that dies on a signal: its cells say so, the other
+    backends are still measured, and the exit code says some runs failed."""
+    env = install_plugin(tmp_path, "pagescan_crashing", CRASHING, "crashing", "Crashing")
+    names = ["--backend", "crashing"] + (["--backend", "uffd"] if pagescan.probe("uffd").ok
+                                         else [])
+    r = run("compare", "--quick", "--json", "--workload", "sparse", "--workload", "fork",
+            *names, env=env, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "runs failed" in r.stderr
+    rows = {x["name"]: x for x in json.loads(r.stdout)["rows"]}
+    crashing = rows["crashing"]
+    assert crashing["workloads_failed"] == 2
+    for cell in crashing["workloads"].values():
+        assert cell["error"] == "crashed: killed by SIGSEGV"
+    assert crashing["speed_error"] == "crashed: killed by SIGSEGV"
+    if "uffd" in rows:
+        assert rows["uffd"]["workloads_failed"] == 0 and rows["uffd"]["speed"]
