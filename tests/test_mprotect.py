@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 
 import numpy as np
@@ -428,103 +427,6 @@ def test_writers_keep_running_while_trackers_come_and_go():
 
 
 # ---------------------------------------------------------------------- threads
-
-
-def test_writer_threads_during_collect_lose_no_write():
-    """Writers write while a collector loops collect(reset=True) and copies every
-    reported page into a shadow. After a final collect the shadow must equal
-    memory: a write that no collect reported after it landed would leave a
-    stale page."""
-    npages, writers, rounds = 96, 3, 300
-    mem = pagescan.allocate(npages * PS)
-    arr = np.frombuffer(mem, dtype=np.uint8)
-    shadow = np.zeros_like(arr)
-    stop = threading.Event()
-    collects = [0]
-
-    with track(mem) as t:
-        def copy(regions) -> None:
-            for s, e, _ in regions:
-                lo, hi = s - mem.address, e - mem.address
-                shadow[lo:hi] = arr[lo:hi]
-
-        def writer(k: int) -> None:
-            for n in range(rounds):
-                for p in range(k, npages, writers):
-                    arr[p * PS + n % PS] = n % 255 + 1
-                time.sleep(0)                    # let the collector run in between
-
-        def collector() -> None:
-            while not stop.is_set():
-                copy(t.collect().regions)
-                collects[0] += 1
-
-        threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
-        col = threading.Thread(target=collector)
-        col.start()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=120)
-        stop.set()
-        col.join(timeout=60)
-        copy(t.collect().regions)
-        assert len(t.written()) == 0
-        lost = np.flatnonzero((shadow != arr).reshape(npages, PS).any(axis=1))
-        faults = t._backend.stats()["faults"]
-    close(mem)
-    assert collects[0] > 10 and faults > npages
-    assert lost.size == 0, f"writes lost on pages {lost.tolist()}"
-
-
-def test_each_write_is_reported():
-    """Writers wait until their page was collected before writing it again, so
-    every write must be reported at least once (page by page)."""
-    npages, writers, rounds = 64, 3, 120
-    mem = pagescan.allocate(npages * PS)
-    arr = np.frombuffer(mem, dtype=np.uint8)
-    pending = np.zeros(npages, dtype=bool)
-    writes = np.zeros(npages, dtype=np.int64)
-    reports = np.zeros(npages, dtype=np.int64)
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    with track(mem) as t:
-        def writer(k: int) -> None:
-            for n in range(rounds):
-                for p in range(k, npages, writers):
-                    while True:
-                        with lock:
-                            if not pending[p]:
-                                pending[p] = True
-                                writes[p] += 1
-                                break
-                        if stop.is_set():
-                            return
-                    arr[p * PS + n % PS] = n & 0xFF
-
-        def collector() -> None:
-            while not stop.is_set():
-                res = t.collect()
-                with lock:
-                    for p in pages_of(res.regions, mem.address):
-                        reports[p] += 1
-                        pending[p] = False
-
-        threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
-        col = threading.Thread(target=collector)
-        col.start()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=120)
-        stop.set()
-        col.join(timeout=60)
-        for p in pages_of(t.collect().regions, mem.address):
-            reports[p] += 1
-    close(mem)
-    assert writes.sum() == npages * rounds
-    assert (reports >= writes).all()
 
 
 # ------------------------------------------------------------------ kernel writes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -372,107 +371,6 @@ def test_fork_child_view_is_defined(buf):
 
 
 # ------------------------------------------------------------------------ threads
-
-
-def test_writer_threads_during_collect_lose_no_write():
-    """The kernel selftest's transact test, as a checkpoint: writer threads write
-    while a collector loops collect(reset=True) and copies every reported page
-    into a shadow. After a final collect the shadow must equal memory: a write
-    that no collect reported after it landed would leave a stale page."""
-    npages, writers, rounds = 96, 3, 400
-    mem = pagescan.allocate(npages * PS)
-    arr = np.frombuffer(mem, dtype=np.uint8)
-    shadow = np.zeros_like(arr)
-    stop = threading.Event()
-    collects = [0]
-
-    with pagescan.track(mem) as t:
-        def copy(regions) -> None:
-            for s, e, _ in regions:
-                lo, hi = s - mem.address, e - mem.address
-                shadow[lo:hi] = arr[lo:hi]
-
-        def writer(k: int) -> None:
-            for n in range(rounds):
-                for p in range(k, npages, writers):
-                    arr[p * PS + n % PS] = n % 255 + 1
-
-        def collector() -> None:
-            while not stop.is_set():
-                copy(t.collect().regions)
-                collects[0] += 1
-
-        threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
-        col = threading.Thread(target=collector)
-        col.start()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=120)
-        stop.set()
-        col.join(timeout=60)
-        copy(t.collect().regions)                # what is still pending
-        assert len(t.written()) == 0
-        lost = np.flatnonzero((shadow != arr).reshape(npages, PS).any(axis=1))
-    arr = None  # drop the numpy view so the mapping can be closed
-    close(mem)
-    assert collects[0] > 10
-    assert lost.size == 0, f"writes lost on pages {lost.tolist()}"
-
-
-def test_each_write_is_reported_and_duplicates_are_rare():
-    """Writers wait until their page was collected before writing it again, so
-    every write must be reported (reports >= writes, page by page). A store
-    whose fault was resolved, then re-protected by a racing collect before the
-    store retired, faults again and is reported twice: rare, never a loss."""
-    npages, writers, rounds = 64, 3, 300
-    mem = pagescan.allocate(npages * PS)
-    arr = np.frombuffer(mem, dtype=np.uint8)
-    pending = np.zeros(npages, dtype=bool)       # written, not yet reported
-    writes = np.zeros(npages, dtype=np.int64)
-    reports = np.zeros(npages, dtype=np.int64)
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    with pagescan.track(mem) as t:
-        def writer(k: int) -> None:
-            for n in range(rounds):
-                for p in range(k, npages, writers):
-                    while True:
-                        with lock:
-                            if not pending[p]:
-                                pending[p] = True
-                                writes[p] += 1
-                                break
-                        if stop.is_set():
-                            return
-                    arr[p * PS + n % PS] = n & 0xFF
-
-        def collector() -> None:
-            while not stop.is_set():
-                res = t.collect()
-                with lock:
-                    for p in pages_of(res.regions, mem.address):
-                        reports[p] += 1
-                        pending[p] = False
-
-        threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
-        col = threading.Thread(target=collector)
-        col.start()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=120)
-        stop.set()
-        col.join(timeout=60)
-        for p in pages_of(t.collect().regions, mem.address):
-            reports[p] += 1
-            pending[p] = False
-    arr = None  # drop the numpy view so the mapping can be closed
-    close(mem)
-    assert writes.sum() == npages * rounds
-    assert (reports >= writes).all()
-    assert (reports - writes).sum() <= 0.05 * writes.sum()
 
 
 # ------------------------------------------------------------------------- probe

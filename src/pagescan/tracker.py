@@ -168,8 +168,9 @@ class Tracker:
     def _live(self) -> Backend:
         if self._forked:
             raise TrackerClosed(
-                "this tracker was inherited through fork(): the kernel does not carry "
-                "userfaultfd registrations into the child; create a new tracker there")
+                "this tracker was inherited through fork(): tracking does not carry into "
+                "the child (the kernel drops userfaultfd registrations there, mprotect "
+                "ranges are released); create a new tracker in the child")
         if self._backend is None:
             raise TrackerClosed("the tracker is closed")
         return self._backend
