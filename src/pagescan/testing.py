@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -260,10 +261,14 @@ class BackendConformance:
                         lo, hi = r[0] - addr, r[1] - addr
                         shadow[lo:hi] = mv[lo:hi]
 
+                deadline = time.monotonic() + 30
+
                 def writer(k: int) -> None:
-                    for n in range(rounds):
+                    n = 0       # at least `rounds`, and on until several collects ran
+                    while n < rounds or (collects[0] < 5 and time.monotonic() < deadline):
                         for p in range(k, npages, writers):
                             mv[p * PS + n % PS] = n % 255 + 1
+                        n += 1
 
                 def collector() -> None:
                     while not stop.is_set():
