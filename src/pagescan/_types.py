@@ -152,7 +152,7 @@ class Masks:
             )
         return (self.inverted, self.mask, self.anyof, self.return_mask)
 
-    def restrict(self, valid: int) -> "Masks":
+    def restrict(self, valid: int) -> Masks:
         """The same filter for a kernel that knows only the ``valid`` categories
         (GUARD arrived in 6.15): its pages never carry the others, so a required
         unknown category matches nothing, an excluded one is always satisfied, and

@@ -16,9 +16,9 @@ MADV_DONTNEED freed the page table) is written as one 2 MiB unit and reads as
 512 written pages. (On 6.18.y the freed range already reads as written, since a
 missing page table in a registered range reads WRITTEN; on 6.18.0-style kernels
 the huge page is what coarsens the answer.) A huge page present when tracking
-starts is split by its first write, so it stays exact. By default the backend applies MADV_NOHUGEPAGE to the range
-(as Wine does) so every write is exact to the page; ``thp=True`` keeps huge
-pages (faster faults, coarser answers).
+starts is split by its first write, so it stays exact. By default the backend
+applies MADV_NOHUGEPAGE to the range (as Wine does) so every write is exact to
+the page; ``thp=True`` keeps huge pages (faster faults, coarser answers).
 
 Only the calling process's memory can be tracked; the ioctls run without the GIL.
 """
