@@ -317,7 +317,7 @@ _WEIGHTS = [1.0 if c != Category.SOFT_DIRTY else 0.3 for c in Category]
 
 
 def _rand_bits(rng: random.Random, p: float) -> int:
-    return sum(b for b, w in zip(_BITS, _WEIGHTS) if rng.random() < p * w)
+    return sum(b for b, w in zip(_BITS, _WEIGHTS, strict=True) if rng.random() < p * w)
 
 
 def _rand_return_mask(rng: random.Random) -> int:
