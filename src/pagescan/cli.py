@@ -285,24 +285,18 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def parse_pid(text: str) -> int:
-    try:
-        pid = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process ID") from None
-    if pid <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process ID (must be > 0)")
-    return pid
-
-
-def positive_int(text: str) -> int:
+def positive_int(text: str, what: str = "an integer") -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
     if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} (must be > 0)")
     return n
+
+
+def parse_pid(text: str) -> int:
+    return positive_int(text, "a process ID")
 
 
 def human_bytes(n: float) -> str:
