@@ -42,6 +42,7 @@ from typing import IO, Any, NoReturn
 
 from ._types import ALL_CATEGORIES, Category, Masks
 from .errors import AccessDenied, BackendUnavailable, NoSuchProcess, PagescanError
+from ._sysinfo import sysctl as _sysctl
 
 __all__ = ["EXIT_ACCESS", "EXIT_ERROR", "EXIT_GONE", "EXIT_OK", "EXIT_UNAVAILABLE",
            "EXIT_USAGE", "Mapping", "main", "read_maps"]
@@ -177,14 +178,6 @@ def open_pagemap(pid: int) -> int:
         return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
         raise _proc_error(err, pid, "pagemap") from err
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _read(path: str) -> str | None:

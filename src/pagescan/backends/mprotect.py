@@ -89,6 +89,7 @@ from .._impl import IMPLEMENTATION, impl
 from .._types import Category, Masks, ScanResult
 from ..errors import KernelError, OverlapError, RangeError, TrackerClosed
 from .base import Backend, Capabilities, Probe
+from .._sysinfo import sysctl as _sysctl
 
 __all__ = ["MapCountWarning", "MprotectBackend"]
 
@@ -102,14 +103,6 @@ _KNOWN = int(Category.WRITTEN | Category.WPALLOWED)
 class MapCountWarning(UserWarning):
     """The process ran out of memory mappings (vm.max_map_count): the mprotect
     backend reports some pages as written that were not (coarsening)."""
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _map_count() -> int | None:

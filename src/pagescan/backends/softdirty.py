@@ -77,6 +77,7 @@ from .._impl import IMPLEMENTATION, impl
 from .._types import ALL_CATEGORIES, HOLE, Category, Masks, ScanResult
 from ..errors import AccessDenied, KernelError, NoSuchProcess, RangeError
 from .base import Backend, Capabilities, Probe
+from .._sysinfo import sysctl as _sysctl
 
 __all__ = ["SoftDirtyBackend", "Vma", "parse_maps"]
 
@@ -388,14 +389,6 @@ def split(runs: Iterable[tuple[int, int]], pages: int) -> Iterator[tuple[int, in
 
 
 # ------------------------------------------------------------------------ errors
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _owner(pid: int) -> str:

@@ -35,31 +35,13 @@ from .._impl import IMPLEMENTATION, impl
 from .._types import ALL_CATEGORIES, Category, Masks, ScanResult
 from ..errors import KernelError, RangeError
 from .base import Backend, Capabilities, Probe
+from .._sysinfo import has_capability as _has_cap, sysctl as _sysctl
 
 __all__ = ["UffdBackend"]
 
 PAGE_SIZE = mmap.PAGESIZE
 MADV_NOHUGEPAGE = 15
 CAP_SYS_PTRACE = 19
-
-
-def _has_cap(bit: int) -> bool:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> bit & 1)
-    except OSError:
-        pass
-    return False
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _open_uffd() -> tuple[int, int]:
