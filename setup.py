@@ -6,8 +6,8 @@ from setuptools import Extension, setup
 extensions = [
     Extension(
         "pagescan._core",
-        ["src/pagescan/_core.pyx", "src/pagescan/_mprotect.c"],
-        include_dirs=["src/pagescan"],
+        ["pagescan/_core.pyx", "pagescan/_mprotect.c"],
+        include_dirs=["pagescan"],
         extra_compile_args=["-O3", "-Wno-unused-function"],
     )
 ]
@@ -16,6 +16,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3"},
-        include_path=["src/pagescan"],
+        include_path=["pagescan"],
     )
 )

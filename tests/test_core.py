@@ -11,6 +11,7 @@ import array
 import importlib
 import itertools
 import os
+from pathlib import Path
 import pickle
 import subprocess
 import sys
@@ -1268,6 +1269,9 @@ def test_compiled_core_loaded():
             f"PAGESCAN_PUREPYTHON={os.environ.get('PAGESCAN_PUREPYTHON')!r})")
         assert _core is not None
         assert _core.CORE_ABI == 1
+        # the installed build is under test, not the source tree beside the tests
+        source_tree = Path(__file__).resolve().parents[1] / "pagescan"
+        assert Path(pagescan.__file__).resolve().parent != source_tree, pagescan.__file__
     elif pagescan.IMPLEMENTATION != "cython":
         pytest.skip("compiled core not loaded and PAGESCAN_EXPECT_COMPILED is not 1")
 

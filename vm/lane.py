@@ -446,11 +446,16 @@ def guest_script(kernel: Kernel, pytest_args: list[str]) -> str:
         if key == "PYTHONPATH" or (key.startswith("PAGESCAN_") and
                                    not key.startswith("PAGESCAN_VM_")):
             env.setdefault(key, value)
+    # pytest runs from /tmp with absolute test paths, so that a source tree in the
+    # working directory never shadows the installed package
+    args = [os.path.abspath(a) if not a.startswith("-") and os.path.exists(a) else a
+            for a in pytest_args]
     cmd = [py, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
-           f"--junitxml={GUEST_RESULTS}/junit.xml", *pytest_args]
+           f"--junitxml={GUEST_RESULTS}/junit.xml", *args]
     lines = ["exec </dev/null 2>&1"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines += [f"cd {shlex.quote(os.getcwd())} || exit 90",
+              "cd /tmp || exit 90",
               "echo lane: pytest starts at $(cut -d' ' -f1 /proc/uptime) s",
               shlex.join(cmd),
               "rc=$?",
