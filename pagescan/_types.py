@@ -70,8 +70,9 @@ class Masks:
       matches iff ``x & mask == mask`` and (``anyof == 0`` or ``x & anyof``).
 
     The four masks map to the kernel's as ``mask = required | excluded``,
-    ``inverted = excluded``, ``anyof = anyof & ~excluded``. When ``anyof`` is
-    non-zero but lies inside ``excluded`` nothing can match:
+    ``inverted = excluded``, ``anyof = anyof & ~excluded``. When a category is both
+    required and excluded, or ``anyof`` is non-zero but lies inside ``excluded``,
+    nothing can match:
     :attr:`matches_nothing` is true and :meth:`to_kernel` refuses, since the
     kernel's form has no way to say it.
 
@@ -104,7 +105,10 @@ class Masks:
             mask=required | excluded,
             anyof=anyof & ~excluded,
             return_mask=return_mask,
-            matches_nothing=anyof != 0 and anyof & ~excluded == 0,
+            # a category both required and excluded, or an anyof wholly inside
+            # excluded, can never be satisfied
+            matches_nothing=bool(required & excluded)
+            or (anyof != 0 and anyof & ~excluded == 0),
         )
 
     def _set(self, *, inverted: int, mask: int, anyof: int, return_mask: int,
@@ -147,7 +151,8 @@ class Masks:
         """
         if self.matches_nothing:
             raise ValueError(
-                "these masks match nothing (anyof lies inside excluded); "
+                "these masks match nothing (a category both required and excluded, "
+                "or anyof inside excluded); "
                 "the kernel's form cannot express that: check Masks.matches_nothing"
             )
         return (self.inverted, self.mask, self.anyof, self.return_mask)

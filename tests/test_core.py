@@ -381,6 +381,22 @@ def test_anyof_inside_excluded_matches_nothing(impl, kw):
     assert regions(res) == [] and res.walk_end == pg(0)
 
 
+@pytest.mark.parametrize("kw", [{}, {"max_regions": 0}, {"max_pages": 1}])
+def test_required_and_excluded_same_category_matches_nothing(impl, kw):
+    """Regression (issue 12.6): required=X, excluded=X matched pages lacking X."""
+    m = Masks(required=W, excluded=W)
+    assert m.matches_nothing
+    assert not any(m.matches(c) for c in range(512))
+    res = scan(impl, [0, W, P, P | W, 0x1FF, 0], masks=m, **kw)
+    assert regions(res) == [] and res.walk_end == pg(6)
+    # overlap in one bit is enough, whatever else is asked
+    m = Masks(required=P | W, anyof=F | S, excluded=W | F)
+    assert m.matches_nothing
+    assert regions(scan(impl, [P, P | S, P | F, 0x1FF], masks=m)) == []
+    # disjoint required and excluded still match as before
+    assert not Masks(required=P, excluded=W).matches_nothing
+
+
 def test_masks_none_is_everything(impl):
     res = scan(impl, [0, 0x1FF], masks=None)
     assert regions(res) == [(pg(0), pg(1), 0), (pg(1), pg(2), 0x1FF)]
@@ -1169,10 +1185,12 @@ def test_masks_v7_semantics_exhaustive(req, anyof, exc):
 
 
 def test_masks_required_and_excluded_overlap():
-    # mask = required|excluded, inverted = excluded: an overlapping bit is excluded
+    # a category both required and excluded can never be satisfied (issue 12.6)
     m = Masks(required=P | W, excluded=P)
-    assert m.to_kernel() == (P, P | W, 0, 0x1FF)
-    assert [c for c in range(16) if m.matches(c)] == [W, W | 1, W | F, W | F | 1]
+    assert m.matches_nothing
+    assert [c for c in range(512) if m.matches(c)] == []
+    with pytest.raises(ValueError, match="matches_nothing"):
+        m.to_kernel()
 
 
 def test_masks_equality_and_hash():
