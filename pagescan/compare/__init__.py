@@ -382,7 +382,7 @@ SIM_MODELS = {
 
 def sim_status() -> tuple[bool, str]:
     """Whether the simulator works here (its backend's probe), and why not."""
-    from .backends import probe
+    from ..backends import probe
     p = probe("simulator")
     return bool(p.ok), p.reason
 
@@ -404,7 +404,7 @@ class SimExecutor(Executor):
 
     def __init__(self, name: str, w: Workload) -> None:
         import pagescan
-        from . import simulator as simmod
+        from .. import simulator as simmod
         if name not in SIM_MODELS:
             raise WorkloadError(f"the simulator has no model of backend {name!r}")
         self.simmod = simmod
@@ -435,8 +435,8 @@ class SimExecutor(Executor):
     def _softdirty(self, thp: bool) -> Any:
         """A real softdirty Tracker whose /proc files are the simulated process's."""
         import pagescan
-        from .backends import softdirty as sd
-        from .backends.base import Probe
+        from ..backends import softdirty as sd
+        from ..backends.base import Probe
         target_cls = _sim_softdirty_target()
 
         def factory(pid: int, path: str) -> Any:
@@ -569,8 +569,8 @@ class _SimMprotect:
 def _sim_softdirty_target() -> type:
     """The softdirty backend's per-process Target, reading the simulated process's
     maps and pagemap and writing its clear_refs instead of /proc files."""
-    from .backends import softdirty as sd
-    from .errors import NoSuchProcess
+    from ..backends import softdirty as sd
+    from ..errors import NoSuchProcess
 
     class SimTarget(sd.Target):
         def __init__(self, pid: int, path: str, ex: SimExecutor) -> None:
@@ -841,8 +841,8 @@ class Row:
 def plan_rows(only: Sequence[str] | None = None, simulate: str = "missing"
               ) -> tuple[list[Row], list[dict[str, str]]]:
     """The rows to run, and the backends left out (with the reason)."""
-    from .backends import backend_names, probe
-    from .cli import _backend_class, _capabilities_json
+    from ..backends import backend_names, probe
+    from ..cli import _backend_class, _capabilities_json
     rows: list[Row] = []
     left_out: list[dict[str, str]] = []
     names = backend_names()
@@ -1165,7 +1165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .cli import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, Exit, UsageError
+    from ..cli import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, Exit, UsageError
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -40,9 +40,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NoReturn
 
-from ._types import ALL_CATEGORIES, Category, Masks
-from .errors import AccessDenied, BackendUnavailable, NoSuchProcess, PagescanError
-from ._sysinfo import sysctl as _sysctl
+from .._types import ALL_CATEGORIES, Category, Masks
+from ..errors import AccessDenied, BackendUnavailable, NoSuchProcess, PagescanError
+from .._sysinfo import sysctl as _sysctl
 
 __all__ = ["EXIT_ACCESS", "EXIT_ERROR", "EXIT_GONE", "EXIT_OK", "EXIT_UNAVAILABLE",
            "EXIT_USAGE", "Mapping", "main", "read_maps"]
@@ -348,7 +348,7 @@ def soft_dirty_status() -> tuple[bool | None, str]:
 
 def _backend_class(name: str) -> Any:
     """The backend class, or the exception that kept it from loading."""
-    from .backends import _load  # the registry's loader: the same class probe() uses
+    from ..backends import _load  # the registry's loader: the same class probe() uses
     return _load(name)
 
 
@@ -364,7 +364,7 @@ def _capabilities_json(cls: Any) -> dict[str, Any] | None:
 
 def doctor_report() -> dict[str, Any]:
     import pagescan
-    from .backends import probe_all
+    from ..backends import probe_all
     backends = []
     for name, p in probe_all().items():
         cls = _backend_class(name)
@@ -444,7 +444,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def zero_pfn() -> int | None:
     """The shared zero page's PFN, read from our own pagemap after a read fault
     (None when PFNs are hidden, i.e. without CAP_SYS_ADMIN)."""
-    from .memory import Memory, map_anonymous
+    from ..memory import Memory, map_anonymous
     m = map_anonymous(PAGE, Memory)
     try:
         m[0]  # a read fault maps the zero page
@@ -468,7 +468,7 @@ class _Scanner:
     CHUNK = 1 << 16   # pages per pagemap read in the fallback
 
     def __init__(self, pid: int, method: str) -> None:
-        from ._impl import impl
+        from .._impl import impl
         self.pid = pid
         self.impl = impl
         self.fd = open_pagemap(pid)
@@ -779,7 +779,7 @@ SIMULATE_HINT = (" (pagescan watch --demo --simulate plays the watch on a simula
 
 def _other_process_backend(name: str) -> str:
     """The backend to watch another process with; Exit(5) with every reason if none."""
-    from .backends import backend_names, probe
+    from ..backends import backend_names, probe
     if name != "auto":
         cls = _backend_class(name) if name in backend_names() else None
         if cls is None:
@@ -874,7 +874,7 @@ def _watch_demo(args: argparse.Namespace) -> _Watched:
     import pagescan
     npages = args.demo_size * MIB // PAGE
     if args.simulate:
-        from . import compare
+        from .. import compare
         name = "softdirty" if args.backend == "auto" else args.backend
         if name not in ("softdirty", "uffd"):
             raise UsageError(f"--simulate plays softdirty or uffd, not {name!r}")
@@ -993,7 +993,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare
+    from .. import compare
     return compare.run_cli(args)
 
 
@@ -1077,7 +1077,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--backend (softdirty by default) on the simulated kernel")
     w.set_defaults(func=cmd_watch, parser=w)
 
-    from . import compare
+    from .. import compare
     c = sub.add_parser("compare", help="every backend on the built-in workloads, with ground "
                        "truth", description=compare.DESCRIPTION, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
