@@ -17,20 +17,12 @@ from typing import Any, overload
 
 from ._args import check_int, check_limits, check_page_size, check_range, check_uint_buffer
 from ._types import HOLE, Category, PageRegion, ScanResult, coerce_masks
+from .constants import (PM_FILE, PM_GUARD_REGION, PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+                        PM_UFFD_WP)
 
 __all__ = ["IMPLEMENTATION", "RegionArray", "coalesce", "pagemap_to_categories", "scan_pages"]
 
 IMPLEMENTATION = "python"
-
-# /proc/PID/pagemap entry bits (KERNEL-SPEC §7)
-PM_PFN_MASK = (1 << 55) - 1
-PM_SOFT_DIRTY = 1 << 55
-PM_EXCLUSIVE = 1 << 56
-PM_UFFD_WP = 1 << 57
-PM_GUARD = 1 << 58
-PM_FILE = 1 << 61
-PM_SWAP = 1 << 62
-PM_PRESENT = 1 << 63
 
 
 class RegionArray:
@@ -232,7 +224,7 @@ def pagemap_to_categories(entries: Any, *, wpallowed: bool = False,
                 c |= Category.SWAPPED
             if e & PM_FILE:
                 c |= Category.FILE
-            if e & PM_GUARD:
+            if e & PM_GUARD_REGION:
                 c |= Category.GUARD
             if not e & PM_UFFD_WP:
                 c |= Category.WRITTEN

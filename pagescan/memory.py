@@ -6,10 +6,10 @@ import mmap
 from typing import TypeVar
 
 from ._args import check_int
+from .constants import MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
 
 __all__ = ["PAGE_SIZE", "Memory", "allocate"]
 
-PAGE_SIZE = mmap.PAGESIZE
 M = TypeVar("M", bound="Memory")
 
 
@@ -38,8 +38,7 @@ def map_anonymous(size: int, cls: type[M]) -> M:
     n = check_int(size, "size", minimum=1, maximum=1 << 47)
     assert n is not None
     n = (n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-    return cls(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    return cls(-1, n, flags=MAP_PRIVATE | MAP_ANONYMOUS, prot=PROT_READ | PROT_WRITE)
 
 
 def allocate(size: int, *, thp: bool = False) -> Memory:
@@ -48,5 +47,5 @@ def allocate(size: int, *, thp: bool = False) -> Memory:
     (MADV_HUGEPAGE); the default leaves the system's policy alone."""
     mem = map_anonymous(size, Memory)
     if thp:
-        mem.madvise(mmap.MADV_HUGEPAGE)
+        mem.madvise(MADV_HUGEPAGE)
     return mem
