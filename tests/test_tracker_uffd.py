@@ -387,41 +387,44 @@ def test_probe_reports_features():
     (errno.EPERM, "refused"),
 ])
 def test_probe_names_the_cause_of_userfaultfd_failures(monkeypatch, err, text):
+    from pagescan import kernel
     from pagescan.backends import uffd
 
     def fail(flags):
         raise OSError(err, os.strerror(err))
-    monkeypatch.setattr(uffd.impl, "uffd_open", fail)
+    monkeypatch.setattr(kernel.impl, "uffd_open", fail)
     p = uffd.UffdBackend.probe()
     assert not p.ok and text in p.reason
 
 
 def test_probe_eperm_with_sysctl_zero_names_the_sysctl(monkeypatch):
+    from pagescan import kernel
     from pagescan.backends import uffd
 
     def fail(flags):
         raise OSError(errno.EPERM, "Operation not permitted")
-    monkeypatch.setattr(uffd.impl, "uffd_open", fail)
-    monkeypatch.setattr(uffd, "_sysctl", lambda name: "0")
-    monkeypatch.setattr(uffd, "_has_cap", lambda bit: False)
+    monkeypatch.setattr(kernel.impl, "uffd_open", fail)
+    monkeypatch.setattr(kernel, "sysctl", lambda name: "0")
+    monkeypatch.setattr(kernel, "has_capability", lambda bit: False)
     p = uffd.UffdBackend.probe()
     assert "vm.unprivileged_userfaultfd=0" in p.reason and "CAP_SYS_PTRACE" in p.reason
-    monkeypatch.setattr(uffd, "_has_cap", lambda bit: True)
+    monkeypatch.setattr(kernel, "has_capability", lambda bit: True)
     assert "seccomp" in uffd.UffdBackend.probe().reason
 
 
 def test_probe_old_kernel_reasons(monkeypatch):
+    from pagescan import kernel
     from pagescan.backends import uffd
 
     def api_einval(fd, features):
         raise OSError(errno.EINVAL, "Invalid argument")
-    monkeypatch.setattr(uffd.impl, "uffd_api", api_einval)
+    monkeypatch.setattr(kernel.impl, "uffd_api", api_einval)
     assert "needs Linux 6.7+" in uffd.UffdBackend.probe().reason
     monkeypatch.undo()
 
     def scan_enotty(*a, **k):
         raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
-    monkeypatch.setattr(uffd.impl, "pm_scan", scan_enotty)
+    monkeypatch.setattr(kernel.impl, "pm_scan", scan_enotty)
     r = uffd.UffdBackend.probe().reason
     assert "PAGEMAP_SCAN" in r and "6.7+" in r
 
@@ -434,7 +437,7 @@ def test_probe_without_proc(monkeypatch):
         if str(path).startswith("/proc/self/pagemap"):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
         return real_open(path, *a, **k)
-    monkeypatch.setattr(uffd.os, "open", no_proc)
+    monkeypatch.setattr(os, "open", no_proc)
     assert "/proc is not mounted" in uffd.UffdBackend.probe().reason
 
 

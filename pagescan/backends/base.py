@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .._types import Masks, ScanResult
+from ..kernel import Kernel
 
 __all__ = ["Backend", "Capabilities", "Probe"]
 
@@ -60,16 +61,41 @@ class Backend(abc.ABC):
     #: higher wins for ``backend="auto"``
     priority: ClassVar[int] = 0
 
-    def __init__(self, *, pid: int | None = None, thp: bool = False) -> None:
+    def __init__(self, *, pid: int | None = None, thp: bool = False,
+                 kernel: Kernel | None = None) -> None:
         """``pid``: the process to track (None: this one); ``thp``: keep transparent
-        huge pages in tracked ranges (coarser answers) instead of exact pages."""
-        self.pid = pid
+        huge pages in tracked ranges (coarser answers) instead of exact pages;
+        ``kernel``: the kernel to drive (None: ``LinuxKernel(pid)``; the simulator
+        passes a :class:`pagescan.simulator.SimKernel`). Every kernel interaction of
+        a backend goes through ``self.kernel``."""
+        self.kernel = self.make_kernel(pid, kernel)
+        self.pid = self.kernel.pid
         self.thp = thp
+
+    @staticmethod
+    def make_kernel(pid: int | None, kernel: Kernel | None) -> Kernel:
+        """``kernel``, or the real kernel for ``pid`` (checked to agree)."""
+        if kernel is None:
+            from ..kernel import LinuxKernel
+            return LinuxKernel(pid)
+        if pid is not None and pid != kernel.pid:
+            raise ValueError(f"pid={pid} is not the kernel's process ({kernel.pid})")
+        return kernel
 
     @classmethod
     @abc.abstractmethod
-    def probe(cls) -> Probe:
-        """Whether this backend works here. Never raises."""
+    def probe(cls, kernel: Kernel | None = None) -> Probe:
+        """Whether this backend works here (on ``kernel``; None: the running kernel,
+        for the calling process). Never raises."""
+
+    def stats(self) -> dict[str, object]:
+        """Backend statistics (what the mechanism did: faults, coarsening ...); {}
+        for backends that keep none."""
+        return {}
+
+    def mark_written(self, start: int, end: int) -> None:  # noqa: B027 - optional
+        """The program says ``[start, end)`` was written (by the kernel, a device:
+        writes the mechanism cannot see). A no-op where every write is seen."""
 
     @abc.abstractmethod
     def register(self, start: int, end: int) -> None:
@@ -90,5 +116,8 @@ class Backend(abc.ABC):
         reported WRITTEN pages are reset in the same step (atomically where
         ``capabilities.atomic_reset``)."""
 
-    def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
-        """Release what the backend holds (file descriptors)."""
+    def close(self) -> None:
+        """Release what the backend holds (file descriptors, the kernel object)."""
+        k = getattr(self, "kernel", None)
+        if k is not None:
+            k.close()
