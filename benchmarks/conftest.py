@@ -121,3 +121,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("-", "scan_pages ratios (report.py)")
         for line in lines:
             terminalreporter.write_line(line)
+    lines = report.accuracy(records)
+    if lines:
+        terminalreporter.write_sep("-", "accuracy and time per backend and workload "
+                                        "(bench_compare.py, per round)")
+        for line in lines:
+            terminalreporter.write_line(line)

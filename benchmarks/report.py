@@ -79,13 +79,35 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _num(x: Any, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def accuracy(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The bench_compare.py rows (extra_info["suite"] == "compare"): per backend and
+    workload, lost writes and false positives per round, precision, recall and the
+    median time of one run of the workload."""
+    rows = [r for r in records if (r.get("extra_info") or {}).get("suite") == "compare"]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: (r["extra_info"]["backend"], r["extra_info"]["workload"]))
+    out = [f"{'backend':<22} {'workload':<11} {'lost':>8} {'false+':>8} {'precision':>9} "
+           f"{'recall':>7} {'median ms':>10}"]
+    for r in rows:
+        i = r["extra_info"]
+        out.append(f"{i['backend']:<22} {i['workload']:<11} {i['lost_writes']:>8.1f} "
+                   f"{i['false_positives']:>8.1f} {_num(i['precision'], '.4f'):>9} "
+                   f"{_num(i['recall'], '.4f'):>7} {r['stats']['median'] * 1e3:>10.3f}")
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__)
         return 2
     with open(argv[1]) as f:
         data = json.load(f)
-    for line in summarize(data.get("benchmarks", [])):
+    for line in summarize(data.get("benchmarks", [])) + accuracy(data.get("benchmarks", [])):
         print(line)
     return 0
 

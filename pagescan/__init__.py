@@ -15,9 +15,8 @@ from .backends import backend_names, probe, probe_all
 from .errors import (AccessDenied, BackendUnavailable, KernelError, NoSuchProcess,
                      OverlapError, PagescanError, RangeError, TrackerClosed)
 from .memory import PAGE_SIZE, Memory, allocate
+from ._version import __version__ as __version__
 from .tracker import PartialPageWarning, Tracker, track
-
-__version__ = "0.1.0"
 
 RegionArray = _impl.RegionArray
 scan_pages = _impl.scan_pages
