@@ -1,10 +1,11 @@
 """scan_pages in NumPy: the fastest vectorised version of the job we could write.
 
-Same contract as ``pagescan.scan_pages`` (KERNEL-SPEC.md §3-4): filter by the
-masks, merge adjacent matching pages with equal ``c & return_mask``, stop at
-``max_pages`` / ``max_regions`` with the kernel's ``walk_end``, HOLE (bit 63 of
-64-bit input) never matches. Returns ``ScanResult(regions, walk_end)`` with
-``regions`` an ``(n, 3)`` uint64 ndarray laid out as ``struct page_region``.
+Same contract as ``pagescan.scan_pages`` (docs/kernel.md, 'Filter' and
+'Output'): filter by the masks, merge adjacent matching pages with equal
+``c & return_mask``, stop at ``max_pages`` / ``max_regions`` with the kernel's
+``walk_end``, HOLE (bit 63 of 64-bit input) never matches. Returns
+``ScanResult(regions, walk_end)`` with ``regions`` an ``(n, 3)`` uint64 ndarray
+laid out as ``struct page_region``.
 
 How it works. A matching page ``i`` continues the region of page ``i-1`` iff
 ``i-1`` matched too and ``o[i] == o[i-1]`` (``o = c & return_mask``): the last

@@ -2,8 +2,8 @@
 
 This module is the oracle for the compiled core's tests and the implementation
 used when the extension is not built (``PAGESCAN_PUREPYTHON=1`` forces it). It
-follows KERNEL-SPEC.md §3-4 (filter, merge, limits, walk_end) and §7 (pagemap
-entries) line by line; speed is not a goal here.
+follows docs/kernel.md, 'Filter', 'Output' and 'walk_end' (filter, merge, limits,
+walk_end) and 'pagemap entries', line by line; speed is not a goal here.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def scan_pages(categories: Any, start: int = 0, page_size: int = 4096, masks: An
     """Filter and merge per-page categories into regions, as PAGEMAP_SCAN does.
 
     ``categories[i]`` belongs to the page at ``start + i * page_size``. Returns
-    ``ScanResult(regions, walk_end)``. See KERNEL-SPEC.md §3-4.
+    ``ScanResult(regions, walk_end)``. The rules are the kernel's: docs/kernel.md,
+    'Filter' and 'Output'.
     """
     mv = check_uint_buffer(categories, "categories")
     ps = check_page_size(page_size)
@@ -175,7 +176,9 @@ def scan_pages(categories: Any, start: int = 0, page_size: int = 4096, masks: An
 def pagemap_to_categories(entries: Any, *, wpallowed: bool = False,
                           none_written: bool = False, zero_pfn: int | None = None,
                           out: Any = None) -> Any:
-    """Categories derived from raw ``/proc/PID/pagemap`` entries (KERNEL-SPEC §7).
+    """Categories derived from raw ``/proc/PID/pagemap`` entries.
+
+    The rules: docs/kernel.md, 'pagemap entries'.
 
     Exact for PRESENT (bit 63), SWAPPED (62), GUARD (58), SOFT_DIRTY (55), FILE
     (61; the huge zero page also sets it) and WRITTEN of non-zero entries (not

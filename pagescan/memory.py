@@ -22,6 +22,7 @@ class Memory(mmap.mmap):
 
     @property
     def address(self) -> int:
+        """The address of the first byte (page-aligned)."""
         from ._impl import impl
         if hasattr(impl, "buffer_address"):
             return int(impl.buffer_address(self)[0])

@@ -43,7 +43,7 @@ class Harness:
     """How the suite gets memory, writes to it and tracks it, for one backend."""
 
     backend: str
-    #: whether other threads can write the memory (real memory: yes)
+    #: Whether other threads can write the memory (true for real memory).
     threads: bool = False
 
     def view(self, address: int, length: int) -> memoryview:

@@ -109,8 +109,10 @@ class Tracker:
             addr, nbytes, self._pin = _resolve_target(target, length)
             if self.pid is not None and self._pin is not None:
                 raise TypeError("memory of another process is given as (address, length)")
-        #: where the tracked object starts, and its size in bytes
-        self.object_address, self.object_length = addr, nbytes
+        #: Where the tracked object starts (an address).
+        self.object_address = addr
+        #: The tracked object's size in bytes.
+        self.object_length = nbytes
         start = addr - addr % PAGE_SIZE
         end = -(-(addr + nbytes) // PAGE_SIZE) * PAGE_SIZE
         if start != addr or end != addr + nbytes:
@@ -118,8 +120,10 @@ class Tracker:
                 f"the object at 0x{addr:x} ({nbytes} bytes) does not start and end on page "
                 "boundaries: its first/last page is shared with neighbouring memory, whose "
                 "writes are reported as well", PartialPageWarning, stacklevel=3)
-        #: the page-aligned range watched: [start, end)
-        self.start, self.end = start, end
+        #: The first address watched (page-aligned); the range is ``[start, end)``.
+        self.start = start
+        #: One past the last address watched (page-aligned).
+        self.end = end
         cls = select(backend)
         with _live_lock:
             for other in _live:

@@ -5,7 +5,7 @@ Everything here talks to Linux directly through ctypes (libc ``mmap``,
 nothing from pagescan, so the tests compare pagescan against the kernel and not
 against itself. x86-64 only (syscall numbers, ioctl encoding, 4 KiB pages).
 
-See /work/shared/KERNEL-SPEC.md for the behaviour of PAGEMAP_SCAN.
+See docs/kernel.md for the behaviour of PAGEMAP_SCAN.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every behavioural test runs against both implementations, the compiled
 ``pagescan._core`` and the pure-Python ``pagescan._reference``, via the ``impl``
-fixture. Expected values are written by hand from KERNEL-SPEC.md §3, §4 and §7.
+fixture. Expected values are written by hand from docs/kernel.md,
+'Filter', 'Output', 'walk_end' and 'pagemap entries'.
 """
 
 from __future__ import annotations

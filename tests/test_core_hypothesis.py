@@ -3,7 +3,7 @@
 Random categories of every item size, every mask form, random limits, start and
 page size: ``pagescan._core`` and ``pagescan._reference`` must return the same
 regions and walk_end (and both must agree with a small model written straight
-from KERNEL-SPEC §3-4). Resumed, limited calls stitched together with coalesce
+from docs/kernel.md, 'Filter' and 'Output'). Resumed, limited calls stitched together with coalesce
 must reproduce the unlimited call. Needs the compiled module: skipped when it is
 not built, except under CI, where that is an error.
 """
@@ -112,7 +112,7 @@ def placement(draw, n):
 
 
 def model_scan(values, itemsize, start, ps, masks, max_pages, max_regions):
-    """KERNEL-SPEC §3-4, written independently of both implementations."""
+    """docs/kernel.md 'Filter' and 'Output', written independently of both implementations."""
     m = masks if masks is not None else Masks()
     end = start + len(values) * ps
     if m.matches_nothing:

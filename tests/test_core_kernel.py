@@ -8,7 +8,7 @@ holes. Every page's true categories are read with ONE unfiltered raw
 PAGEMAP_SCAN (kernelutil, which does not use pagescan), and then thousands of
 random masks / limits / sub-ranges are given both to ``scan_pages`` (fed those
 categories) and to the kernel (one raw call each); regions and walk_end must
-agree exactly (KERNEL-SPEC §3-4). ``max_regions`` stays <= 512, where the
+agree exactly (docs/kernel.md, 'Filter' and 'Output'). ``max_regions`` stays <= 512, where the
 kernel's walk_end is not stale.
 
 Nothing touches the window between the category read and the comparisons, and
@@ -421,7 +421,7 @@ def compare_one(lay: Layout, masks: Masks, i: int, j: int, max_pages: int,
     want, walk_end = lay.scanner.scan(start, end, vec_len=vec_len, max_pages=max_pages,
                                       inverted=inverted, mask=mask, anyof=anyof,
                                       return_mask=ret)
-    # The kernel's walk_end is stale past 512 regions (KERNEL-SPEC §4 quirk).
+    # The kernel's walk_end is stale past 512 regions (docs/kernel.md, 'walk_end').
     walk_ok = res.walk_end == walk_end or len(want) > 512
     if got != want or not walk_ok:
         assert_layout_unchanged(lay)
@@ -611,7 +611,7 @@ def test_resume_from_walk_end_reproduces_unlimited(layout: Layout) -> None:
 @pytest.mark.kernel
 def test_more_than_512_regions(layout: Layout) -> None:
     """Unlimited calls with more regions than the kernel's bounce buffer: the
-    regions agree; the kernel's walk_end is stale (KERNEL-SPEC §4 quirk: the
+    regions agree; the kernel's walk_end is stale (docs/kernel.md, 'walk_end': the
     last restart point, i.e. the start of region 512*k+1), scan_pages's is the
     true one (the end)."""
     n = layout.npages

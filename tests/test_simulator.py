@@ -3,8 +3,8 @@
 * Scenarios: each expected answer below is what the real 6.18.44 kernel answered
   to the same operations on this project's reference machine (the differential
   test re-checks all of this against the live kernel, at random).
-* PAGEMAP_SCAN: the validation errors of KERNEL-SPEC §2, the stale walk_end, the
-  WP_MATCHING rules of §6, and (hypothesis) one call's answer equals the core's
+* PAGEMAP_SCAN: the validation errors (docs/kernel.md, 'Validation'), the stale
+  walk_end, the rules of 'WP_MATCHING', and (hypothesis) one call's answer equals the core's
   ``scan_pages`` over the same categories.
 * Soft-dirty: the kernel's model (new mappings dirty, VM_SOFTDIRTY, clear_refs).
 * The backend: pagescan's Tracker API and the shared conformance suite on

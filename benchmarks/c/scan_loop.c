@@ -1,4 +1,5 @@
-/* A plain C loop doing scan_pages' job (KERNEL-SPEC.md §3-4), for the benchmarks.
+/* A plain C loop doing scan_pages' job (docs/kernel.md, 'Filter' and 'Output'),
+ * for the benchmarks.
  *
  * The baseline the compiled core is measured against: one pass over the
  * categories, the kernel's filter/merge/stop rules written the obvious way,

@@ -1,7 +1,8 @@
 /* scan_pages' job, run at a time: what a faster compiled core could look like.
  *
- * Same ABI, rules and output as scan_loop.c (KERNEL-SPEC.md §3-4), but instead
- * of deciding region membership page by page it alternates two tight loops:
+ * Same ABI, rules and output as scan_loop.c (docs/kernel.md, 'Filter' and
+ * 'Output'), but instead of deciding region membership page by page it
+ * alternates two tight loops:
  *
  *   skip:   while page i does not match                      -> i++
  *   extend: while (c & (mask|HOLE|ret)) == (want | o)

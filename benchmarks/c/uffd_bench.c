@@ -20,7 +20,7 @@
  * ub_scan also measures itself with clock_gettime (ns_inside; the clock is
  * chosen by ub_set_clock) so the ctypes overhead can be read off. Kernel structs and constants are defined here
  * (the build machine's headers are 6.1 and lack PAGEMAP_SCAN); values from
- * KERNEL-SPEC.md section 1.
+ * docs/kernel.md, 'ABI'.
  *
  * Built by bench_uffd.py at session start: cc -O2 -shared -fPIC (never committed).
  */
