@@ -71,13 +71,17 @@ Limits, each tested in tests/test_mprotect.py:
   faulthandler before tracking (``python -X faulthandler``, pytest does).
 
 Only the calling process's memory can be tracked.
+
+Every step above is asked of the kernel seam (:class:`pagescan.kernel.WriteTrap`,
+``kernel.write_trap()``): on Linux the C handler, on the simulator
+(``backend="simulator", mechanism="mprotect"``) the model of it in
+``pagescan/simulator/sigsegv.py``. The logic here runs unchanged over either.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
-import mmap
 import os
 import platform
 import sys
@@ -87,13 +91,15 @@ from typing import Any, ClassVar
 
 from .._impl import IMPLEMENTATION, impl
 from .._types import Category, Masks, ScanResult
-from ..errors import KernelError, OverlapError, RangeError, TrackerClosed
+from ..constants import MADV_POPULATE_WRITE
+from ..errors import KernelError, OverlapError, PagescanError, RangeError, TrackerClosed
+from ..kernel import Kernel, LinuxKernel, WriteTrap
+from ..procfs import Mapping
 from .base import Backend, Capabilities, Probe
-from .._sysinfo import sysctl as _sysctl
 
 __all__ = ["MapCountWarning", "MprotectBackend"]
 
-#: serializes handler installation and the C range table's register/unregister
+#: serializes handler installation and the range table's register/unregister
 _table_lock = threading.Lock()
 
 #: the categories this backend knows; masks that test others are refused
@@ -105,74 +111,10 @@ class MapCountWarning(UserWarning):
     backend reports some pages as written that were not (coarsening)."""
 
 
-def _map_count() -> int | None:
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return None
-
-
-def _read_maps(start: int, end: int) -> tuple[list[tuple[int, int, str]], int] | None:
-    """The mappings of /proc/self/maps that overlap ``[start, end)``, as
-    ``(start, end, perms)``, and how many mappings there are in all; None when
-    /proc cannot be read."""
-    out = []
-    total = 0
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            for line in f:
-                total += 1
-                rng, perms = line.split(None, 2)[:2]
-                lo, _, hi = rng.partition(b"-")
-                s, e = int(lo, 16), int(hi, 16)
-                if s < end and start < e:
-                    out.append((s, e, perms.decode()))
-    except OSError:
-        return None
-    return out, total
-
-
-def _mappings(start: int, end: int) -> list[tuple[int, int, str]] | None:
-    found = _read_maps(start, end)
-    return None if found is None else found[0]
-
-
-MADV_POPULATE_WRITE = 23
-
-
-def _prepare(maps: list[tuple[int, int, str]], start: int, end: int) -> None:
-    """Give every private mapping of the range its anon_vma before arming splits it.
-
-    The kernel merges two neighbouring mappings only when they share an
-    anon_vma; a mapping gets one at its first write fault. If that first fault
-    came after arming split the mapping, every piece would get its own and the
-    pieces could never merge again: every page written once would cost
-    mappings for good. One page per mapping is write-faulted now, its contents
-    unchanged (MADV_POPULATE_WRITE, or a CAS of a byte with itself before
-    Linux 5.14)."""
-    for s, e, perms in maps:
-        if perms[3] != "p":
-            continue                    # shared: merged by file offset, no anon_vma
-        page = max(s, start)
-        if page >= min(e, end):
-            continue
-        try:
-            impl.madvise(page, mmap.PAGESIZE, MADV_POPULATE_WRITE)
-        except OSError:
-            impl.mp_touch(page)
-
-
 def _headroom(limit: int) -> int:
     """Mappings left to the rest of the process (malloc, thread stacks, Python's
     arenas) when the tracking has used its share of vm.max_map_count."""
     return max(1024, limit // 16)
-
-
-def _map_count_text() -> str:
-    limit, used = _sysctl("vm.max_map_count"), _map_count()
-    return (f"vm.max_map_count={limit or '?'}, this process has {used or '?'} mappings; "
-            "every isolated written page costs two")
 
 
 class MprotectBackend(Backend):
@@ -198,10 +140,17 @@ class MprotectBackend(Backend):
     )
 
     @classmethod
-    def probe(cls) -> Probe:
+    def probe(cls, kernel: Kernel | None = None) -> Probe:
+        if kernel is not None and not kernel.real:
+            try:
+                trap = kernel.write_trap()
+            except OSError as err:
+                return Probe(False, err.strerror or str(err), {})
+            return Probe(True, "", {"kernel": kernel.release,
+                                    "vm.max_map_count": kernel.max_map_count(),
+                                    "handler_installed": trap.installed()})
         details: dict[str, object] = {"kernel": platform.release(),
-                                      "machine": platform.machine(),
-                                      "vm.max_map_count": _sysctl("vm.max_map_count")}
+                                      "machine": platform.machine()}
         if not sys.platform.startswith("linux"):
             return Probe(False, f"the mprotect backend needs Linux (this is {sys.platform})",
                          details)
@@ -211,54 +160,131 @@ class MprotectBackend(Backend):
         if not hasattr(impl, "mp_register"):
             return Probe(False, "pagescan._core was built without the mprotect backend "
                          "(_mprotect.c): rebuild with 'pip install .'", details)
-        details["write_fault_detection"] = (
-            "page-fault error code" if platform.machine() in ("x86_64", "AMD64")
-            else "every protection fault in a tracked range counts as a write")
-        details["handler_installed"] = impl.mp_installed()
+        own = kernel is None
+        try:
+            k = LinuxKernel() if kernel is None else kernel
+        except (OSError, PagescanError) as err:
+            return Probe(False, getattr(err, "strerror", None) or str(err), details)
+        try:
+            details["vm.max_map_count"] = k.max_map_count()
+            if not k.is_self:
+                return Probe(False, "the mprotect backend tracks the calling process only",
+                             details)
+            details["write_fault_detection"] = (
+                "page-fault error code" if platform.machine() in ("x86_64", "AMD64")
+                else "every protection fault in a tracked range counts as a write")
+            details["handler_installed"] = k.write_trap().installed()
+        except (OSError, PagescanError) as err:
+            return Probe(False, getattr(err, "strerror", None) or str(err), details)
+        finally:
+            if own:
+                k.close()
         return Probe(True, "", details)
 
-    def __init__(self, *, pid: int | None = None, thp: bool = False) -> None:
-        if pid is not None and pid != os.getpid():
+    def __init__(self, *, pid: int | None = None, thp: bool = False,
+                 kernel: Kernel | None = None) -> None:
+        if kernel is None and pid is not None and pid != os.getpid():
             raise ValueError("the mprotect backend tracks only the calling process's memory; "
                              "use backend='softdirty' for another process")
-        self._core = impl
+        super().__init__(pid=pid, thp=thp, kernel=kernel)
         self.thp = thp                      # ignored: protection is per 4 KiB page
         self._handle: int | None = None
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._warned = False
+        try:
+            if not self.kernel.is_self:
+                raise ValueError("the mprotect backend tracks only the calling process's "
+                                 "memory; use backend='softdirty' for another process")
+            try:
+                self._trap: WriteTrap = self.kernel.write_trap()
+            except OSError as err:
+                raise KernelError(err.errno or errno.ENOSYS,
+                                  f"the mprotect backend cannot work here: {err.strerror}"
+                                  ) from err
+        except BaseException:
+            self.kernel.close()
+            raise
+        #: the process whose trap this is (another one after fork())
+        self._owner = self._trap.owner()
+
+    # -- /proc/PID/maps ------------------------------------------------------------
+
+    def _read_maps(self, start: int, end: int) -> tuple[list[Mapping], int] | None:
+        """The mappings that overlap ``[start, end)`` and how many mappings the
+        process has in all; None when they cannot be read."""
+        try:
+            maps = self.kernel.maps()
+        except (OSError, PagescanError):
+            return None
+        return [m for m in maps if m.start < end and start < m.end], len(maps)
+
+    def _mappings(self, start: int, end: int) -> list[Mapping] | None:
+        found = self._read_maps(start, end)
+        return None if found is None else found[0]
+
+    def _map_count_text(self) -> str:
+        limit = self.kernel.max_map_count()
+        try:
+            used: int | None = len(self.kernel.maps())
+        except (OSError, PagescanError):
+            used = None
+        return (f"vm.max_map_count={limit or '?'}, this process has {used or '?'} mappings; "
+                "every isolated written page costs two")
+
+    def _prepare(self, maps: list[Mapping], start: int, end: int) -> None:
+        """Give every private mapping of the range its anon_vma before arming splits it.
+
+        The kernel merges two neighbouring mappings only when they share an
+        anon_vma; a mapping gets one at its first write fault. If that first fault
+        came after arming split the mapping, every piece would get its own and the
+        pieces could never merge again: every page written once would cost
+        mappings for good. One page per mapping is write-faulted now, its contents
+        unchanged (MADV_POPULATE_WRITE, or a CAS of a byte with itself before
+        Linux 5.14)."""
+        ps = self.kernel.page_size
+        for m in maps:
+            if m.shared:
+                continue                    # shared: merged by file offset, no anon_vma
+            page = max(m.start, start)
+            if page >= min(m.end, end):
+                continue
+            try:
+                self.kernel.madvise(page, ps, MADV_POPULATE_WRITE)
+            except OSError:
+                self._trap.touch(page)
 
     # -- registration -------------------------------------------------------
 
     def register(self, start: int, end: int) -> None:
-        core = self._core
-        if core.mp_overlapping(start, end):
+        trap = self._trap
+        if trap.overlapping(start, end):
             raise self._error(OSError(errno.EEXIST, "overlap"), start, end)
-        found = _read_maps(start, end)
+        found = self._read_maps(start, end)
         maps, total = found if found is not None else (None, None)
         if maps is not None:
             at = start
-            for s, e, perms in maps:
-                if s > at:
+            for m in maps:
+                if m.start > at:
                     break
-                if perms[:2] != "rw" or perms[2] == "x":
+                if m.perms[:2] != "rw" or m.executable:
                     raise RangeError(
-                        f"[0x{max(s, start):x}, 0x{min(e, end):x}) is mapped {perms}: the "
-                        "mprotect backend tracks read-write, non-executable memory only")
-                at = e
+                        f"[0x{max(m.start, start):x}, 0x{min(m.end, end):x}) is mapped "
+                        f"{m.perms}: the mprotect backend tracks read-write, non-executable "
+                        "memory only")
+                at = m.end
             if at < end:
                 raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
-            _prepare(maps, start, end)
+            self._prepare(maps, start, end)
         with _table_lock:
-            limit = _sysctl("vm.max_map_count")
+            limit = self.kernel.max_map_count()
             if limit is not None and total is not None:
                 # the tracking's share: what the rest of the process does not use,
                 # minus a headroom (set again by every register, as the process grows)
-                others = total - core.mp_stats()["mappings"]
-                core.mp_set_budget(max(0, int(limit) - others - _headroom(int(limit))))
+                others = total - trap.stats()["mappings"]
+                trap.set_budget(max(0, limit - others - _headroom(limit)))
             try:
-                core.mp_install()
-                handle = core.mp_register(start, end)
+                trap.install()
+                handle = trap.register(start, end)
             except OSError as err:
                 raise self._error(err, start, end) from err
         self._handle = handle
@@ -271,11 +297,11 @@ class MprotectBackend(Backend):
     def unregister(self, start: int, end: int) -> None:
         with self._lock:
             handle, self._handle = self._handle, None
-            if handle is None or os.getpid() != self._pid:
+            if handle is None or self._trap.owner() != self._owner:
                 return
             with _table_lock:
                 try:
-                    self._core.mp_unregister(handle)
+                    self._trap.unregister(handle)
                 except OSError as err:
                     # ENOMEM: unmapped under the tracker (nothing left to protect);
                     # ESTALE: already gone
@@ -285,7 +311,7 @@ class MprotectBackend(Backend):
     # -- tracking -----------------------------------------------------------
 
     def _live(self) -> int:
-        if os.getpid() != self._pid:
+        if self._trap.owner() != self._owner:
             raise TrackerClosed("this mprotect tracker was inherited through fork(): the "
                                 "child's copy of the memory is untracked; create a new "
                                 "tracker there")
@@ -297,7 +323,7 @@ class MprotectBackend(Backend):
         with self._lock:
             handle = self._live()
             try:
-                left = self._core.mp_arm(handle, start, end)
+                left = self._trap.arm(handle, start, end)
             except OSError as err:
                 raise self._error(err, start, end) from err
             self._after(handle, left, start, end)
@@ -312,8 +338,8 @@ class MprotectBackend(Backend):
             handle = self._live()
             self._check_error(handle)
             try:
-                result, left = self._core.mp_scan(handle, start, end, masks, max_pages,
-                                                  max_regions, reset)
+                result, left = self._trap.scan(handle, start, end, masks, max_pages,
+                                               max_regions, reset)
             except OSError as err:
                 raise self._error(err, start, end) from err
             self._after(handle, left, start, end)
@@ -326,7 +352,7 @@ class MprotectBackend(Backend):
         with self._lock:
             handle = self._live()
             try:
-                self._core.mp_mark_written(handle, start, end)
+                self._trap.mark_written(handle, start, end)
             except OSError as err:
                 raise self._error(err, start, end) from err
 
@@ -339,15 +365,15 @@ class MprotectBackend(Backend):
         ``budget`` (how many all ranges may add together before coarsening)."""
         with self._lock:
             handle = self._live()
-            return dict(self._core.mp_stats(handle))
+            return dict(self._trap.stats(handle))
 
     # -- errors -------------------------------------------------------------
 
     def _check_error(self, handle: int) -> None:
-        st = self._core.mp_stats(handle)
+        st = self._trap.stats(handle)
         if st["error"]:
             err = int(st["error"])
-            what = (f"the process ran out of memory mappings ({_map_count_text()}) and "
+            what = (f"the process ran out of memory mappings ({self._map_count_text()}) and "
                     "even unprotecting the whole range failed" if err == errno.ENOMEM
                     else os.strerror(err))
             raise KernelError(err, f"a write to the tracked page at 0x{st['error_addr']:x} "
@@ -358,46 +384,49 @@ class MprotectBackend(Backend):
     def _after(self, handle: int, left: int, start: int, end: int) -> None:
         """After a reset: pages that could not be re-protected, and coarsening."""
         if left:
-            maps = _mappings(start, end)
-            if maps is not None and (not maps or maps[0][0] > start
-                                     or any(a[1] < b[0] for a, b in itertools.pairwise(maps))
-                                     or maps[-1][1] < end):
+            maps = self._mappings(start, end)
+            if maps is not None and (not maps or maps[0].start > start
+                                     or any(a.end < b.start
+                                            for a, b in itertools.pairwise(maps))
+                                     or maps[-1].end < end):
                 raise RangeError(f"[0x{start:x}, 0x{end:x}) is no longer mapped: it was "
                                  "unmapped while tracked")
         if self._warned:
             return
-        st = self._core.mp_stats(handle)
+        st = self._trap.stats(handle)
         if st["coarsened"] or st["reprotect_failed"]:
             self._warned = True
             warnings.warn(
                 f"the tracking used its share of vm.max_map_count ({st['budget']} "
-                f"mappings; {_map_count_text()}): {st['coarsened']} pages are reported "
+                f"mappings; {self._map_count_text()}): {st['coarsened']} pages are reported "
                 f"written without a write and {st['reprotect_failed']} could not be "
                 "re-protected (answers are conservative, no write is lost); raise "
                 "vm.max_map_count or use backend='uffd'", MapCountWarning, stacklevel=4)
 
-    @staticmethod
-    def _error(err: OSError, start: int, end: int) -> Exception:
+    def _error(self, err: OSError, start: int, end: int) -> Exception:
         e = err.errno
         if e == errno.EEXIST:
             return OverlapError(f"[0x{start:x}, 0x{end:x}) overlaps a range the mprotect "
                                 "backend already tracks")
         if e == errno.ENOSPC:
             return KernelError(e, "the mprotect backend tracks at most "
-                               f"{impl.MP_MAX_RANGES} ranges at once: close a tracker first")
+                               f"{self._trap.max_ranges} ranges at once: close a tracker first")
         if e == errno.ESTALE:
             return TrackerClosed("the mprotect backend no longer tracks this range")
         if e == errno.EINVAL:
             return RangeError(f"[0x{start:x}, 0x{end:x}): {err.strerror}")
         if e == errno.ENOMEM:
-            maps = _mappings(start, end)
-            if maps is not None and sum(min(b, end) - max(a, start) for a, b, _ in maps) \
+            maps = self._mappings(start, end)
+            if maps is not None and sum(min(m.end, end) - max(m.start, start) for m in maps) \
                     < end - start:
                 return RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
-            return KernelError(e, f"mprotect() ran out of memory mappings: {_map_count_text()}")
+            return KernelError(e, "mprotect() ran out of memory mappings: "
+                               f"{self._map_count_text()}")
         return KernelError(e, err.strerror)
 
     def close(self) -> None:
-        if self._handle is not None and os.getpid() == self._pid:
+        trap = getattr(self, "_trap", None)
+        if self._handle is not None and trap is not None and trap.owner() == self._owner:
             self.unregister(0, 0)
         self._handle = None
+        super().close()
