@@ -320,7 +320,8 @@ def test_scan_without_permission(forbidden):
 
 def _other_process_backend() -> str | None:
     """A real backend that can watch another process here, or None."""
-    from pagescan.cli import EXIT_UNAVAILABLE, Exit, _other_process_backend as pick
+    from pagescan.cli.exits import EXIT_UNAVAILABLE, Exit
+    from pagescan.cli.watch import other_process_backend as pick
     try:
         return pick("auto")
     except Exit as err:

@@ -16,8 +16,8 @@ from importlib import metadata
 from ..errors import BackendUnavailable
 from .base import Backend, Capabilities, Probe
 
-__all__ = ["Backend", "Capabilities", "Probe", "backend_names", "get_backend", "probe",
-           "probe_all", "select"]
+__all__ = ["Backend", "Capabilities", "Probe", "backend_class", "backend_names",
+           "get_backend", "probe", "probe_all", "select"]
 
 GROUP = "pagescan.backends"
 
@@ -61,6 +61,16 @@ def _load(name: str) -> type[Backend] | BaseException:
         else:
             _cache[name] = cls
     return _cache[name]
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class registered as ``name``, whether or not it works here (``probe(name)``
+    says that): its capabilities, priority, options. ValueError for an unknown name,
+    BackendUnavailable (with the import error) when it fails to load."""
+    cls = _load(name)
+    if isinstance(cls, BaseException):
+        raise BackendUnavailable(name, f"the backend failed to load: {cls!r}")
+    return cls
 
 
 def probe(name: str) -> Probe:

@@ -1,0 +1,360 @@
+"""Executors: what carries out a workload's operations on memory tracked by a backend.
+
+* :class:`RealExecutor`: real memory of this process, tracked through
+  :func:`pagescan.track` by a backend that works on this kernel.
+* :class:`SimExecutor`: a simulated process (:mod:`pagescan.simulator`), tracked
+  through ``pagescan.track(..., backend="simulator", mechanism=NAME)``, which runs the
+  real backend of that mechanism (its own code) over the simulated kernel.
+
+Both only use public API: what they do to the memory is what a program does.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pagescan
+
+from ..constants import (CLEAR_REFS_SOFT_DIRTY, MADV_DONTNEED, MADV_HUGEPAGE, PAGE_SIZE,
+                         PROT_READ, PROT_WRITE)
+from ..kernel import LinuxKernel
+from . import _legacy_sim
+from .workloads import HUGE, Workload, runs_of
+
+__all__ = ["SIM_MODELS", "Executor", "RealExecutor", "SimExecutor", "WorkloadError",
+           "sim_playable", "sim_status"]
+
+PAGE = PAGE_SIZE
+
+
+class WorkloadError(Exception):
+    """An operation could not be carried out (recorded as the cell's outcome)."""
+
+
+class Executor:
+    """Carries out a workload's operations on some memory tracked by some backend."""
+
+    def write(self, pages: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def kernel_write(self, pages: Sequence[int]) -> list[int]:
+        """read() into each page; returns the pages whose read() failed."""
+        raise NotImplementedError
+
+    def discard(self, pages: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def protect(self, pages: Sequence[int], prot: int) -> None:
+        raise NotImplementedError
+
+    def fork(self, child_pages: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def collect(self) -> set[int]:
+        raise NotImplementedError
+
+    def concurrent(self, pages: Sequence[int], threads: int) -> list[set[int]]:
+        """Threads store to ``pages`` (once each) while collect(reset=True) runs in a
+        loop; returns every collect's pages, a final one after the writers stop last."""
+        raise NotImplementedError
+
+    def race_note(self, collects: int, threads: int) -> str:
+        return f"{collects} collects raced {threads} writer threads"
+
+    def close(self) -> None:
+        pass
+
+
+class RealExecutor(Executor):
+    """Real memory of this process, tracked through pagescan.track(backend=...)."""
+
+    def __init__(self, backend: str, w: Workload) -> None:
+        self.mem = pagescan.allocate(w.npages * PAGE, thp=w.thp)
+        self.view = memoryview(self.mem)
+        self.base = self.mem.address
+        self.counter = 0
+        for first, end in runs_of(w.populate):
+            self.view[first * PAGE:end * PAGE:PAGE] = b"\x01" * (end - first)
+        self.kernel = LinuxKernel()
+        self.tracker = pagescan.track(self.mem, backend=backend, thp=w.thp)
+        self._pipe = os.pipe()
+
+    def _value(self) -> bytes:
+        self.counter = self.counter % 254 + 1
+        return bytes((self.counter + 1,))
+
+    def write(self, pages: Sequence[int]) -> None:
+        v = self._value()
+        view = self.view
+        for first, end in runs_of(pages):
+            view[first * PAGE:end * PAGE:PAGE] = v * (end - first)
+
+    def kernel_write(self, pages: Sequence[int]) -> list[int]:
+        r, w = self._pipe
+        block = self._value() * PAGE
+        failed = []
+        for p in pages:
+            os.write(w, block)
+            try:
+                n = os.readv(r, [self.view[p * PAGE:(p + 1) * PAGE]])
+            except OSError as err:
+                if err.errno != errno.EFAULT:
+                    raise
+                n = 0                           # the kernel could not write the page
+            if n < PAGE:
+                os.read(r, PAGE - n)            # drain what did not arrive
+                failed.append(p)
+        return failed
+
+    def discard(self, pages: Sequence[int]) -> None:
+        for first, end in runs_of(pages):
+            self.mem.madvise(MADV_DONTNEED, first * PAGE, (end - first) * PAGE)
+
+    def protect(self, pages: Sequence[int], prot: int) -> None:
+        for first, end in runs_of(pages):
+            try:
+                self.kernel.mprotect(self.base + first * PAGE, (end - first) * PAGE, prot)
+            except OSError as err:
+                raise WorkloadError(f"mprotect failed: {os.strerror(err.errno or 0)}") from None
+
+    def fork(self, child_pages: Sequence[int]) -> None:
+        pid = os.fork()
+        if pid == 0:                             # the child: write its copy, leave
+            code = 0
+            try:
+                self.write(child_pages)
+            except BaseException:  # noqa: BLE001 - the exit status says it
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status):
+            raise WorkloadError(f"the forked child failed (status {status:#x}): its writes "
+                                "to its own copy did not complete")
+
+    def _pages(self, regions: Any) -> set[int]:
+        base = self.base
+        return {(a - base) // PAGE for a in regions.addresses(PAGE)}
+
+    def collect(self) -> set[int]:
+        return self._pages(self.tracker.collect(reset=True).regions)
+
+    def concurrent(self, pages: Sequence[int], threads: int) -> list[set[int]]:
+        order = list(pages)
+        random.Random(len(order)).shuffle(order)
+        parts = [order[i::threads] for i in range(threads)]
+        view, v = self.view, self._value()
+        start = threading.Barrier(threads + 1)
+
+        def writer(mine: list[int]) -> None:
+            start.wait()
+            for i, p in enumerate(mine):
+                view[p * PAGE] = v[0]
+                if i % 16 == 15:
+                    time.sleep(0)                # let the collector in
+        ts = [threading.Thread(target=writer, args=(part,)) for part in parts]
+        for t in ts:
+            t.start()
+        reports = []
+        start.wait()
+        while any(t.is_alive() for t in ts):
+            reports.append(self.collect())
+        for t in ts:
+            t.join()
+        reports.append(self.collect())
+        return reports
+
+    def close(self) -> None:
+        self.tracker.close()
+        self.view.release()
+        for fd in self._pipe:
+            os.close(fd)
+        self.kernel.close()
+        self.mem.close()
+
+
+
+
+# ============================================================ the simulator
+
+#: the mechanisms the simulator plays (``mechanism=`` of the simulator backend), and
+#: what a simulated row of each is
+SIM_MODELS = {
+    "uffd": "the uffd backend's own code on the simulated kernel (uffd-wp async + "
+            "PAGEMAP_SCAN)",
+    "softdirty": "the softdirty backend's own code, reading and clearing the simulated "
+                 "kernel's soft-dirty bits (CONFIG_MEM_SOFT_DIRTY=y)",
+    "mprotect": "the mprotect backend's own code on the simulated kernel (PROT_READ, a "
+                "write fault runs the modelled SIGSEGV path: it unprotects and records "
+                "the page; a collect re-protects)",
+}
+SIM_MODELS.update(_legacy_sim.MODELS)       # TRANSITIONAL: see _legacy_sim
+
+
+def sim_status() -> tuple[bool, str]:
+    """Whether the simulator works here (its backend's probe), and why not."""
+    p = pagescan.probe("simulator")
+    return bool(p.ok), p.reason
+
+
+def sim_playable() -> set[str]:
+    """The backend names the simulator can play here (none when it does not work)."""
+    return set(SIM_MODELS) if sim_status()[0] else set()
+
+
+class SimExecutor(Executor):
+    """A simulated process (:mod:`pagescan.simulator`), tracked by the real backend of
+    ``mechanism`` running over the simulated kernel::
+
+        pagescan.track((base, length), backend="simulator", pid=sim.pid,
+                       mechanism=mechanism)
+
+    The kernel simulated is this machine's (THP policy, page-table reclaim) with
+    soft-dirty built in. Writer threads are played by a fixed interleaving: per
+    collect, one store of each writer lands while the collect runs, the other
+    stores between collects. Where the mechanism's collect is atomic
+    (``capabilities.atomic_reset``) a store "during" it lands just before it; where
+    it is not, the store lands when the collect writes ``clear_refs`` (between its
+    last pagemap read and the clear: soft-dirty's window), or just after the collect
+    when it writes none.
+    """
+
+    def __init__(self, mechanism: str, w: Workload) -> None:
+        from .. import simulator as simmod
+        if mechanism not in SIM_MODELS:
+            raise WorkloadError(f"the simulator has no model of backend {mechanism!r}")
+        self.name = mechanism
+        self.label = f"{mechanism} (simulated)"
+        length = w.npages * PAGE
+        window = -(-(2 * length + 4 * HUGE) // HUGE) * HUGE
+        self.sim = _racing_process_class()(
+            config=simmod.KernelConfig.host(soft_dirty=True), size=window)
+        self.base = self.sim.mmap(length)
+        self.length = length
+        if w.thp:
+            self.sim.madvise(self.base, length, MADV_HUGEPAGE)
+        for first, end in runs_of(w.populate):
+            self.sim.write(self.base + first * PAGE, (end - first) * PAGE)
+        self._inside: list[int] = []          # stores that land inside the next collect
+        self._landed_at_clear_refs = False
+        self.sim.on_clear_refs = self._at_clear_refs
+        self.mp: Any = None                   # TRANSITIONAL: see _legacy_sim
+        self.restore: list[tuple[Any, str, Any]] = []
+        if mechanism in _legacy_sim.LEGACY:   # TRANSITIONAL: see _legacy_sim
+            self.tracker: Any = _legacy_sim.track(self, mechanism, w.thp)
+            self.atomic = mechanism != "softdirty"
+            return
+        self.tracker = pagescan.track((self.base, length), backend="simulator",
+                                      pid=self.sim.pid, thp=w.thp, mechanism=mechanism)
+        self.atomic = bool(self.tracker.capabilities.atomic_reset)
+
+    def _at_clear_refs(self) -> None:
+        """The simulated kernel is about to clear soft-dirty: the stores of writers
+        racing the collect land now."""
+        if self._inside:
+            self._landed_at_clear_refs = True
+            self._land()
+
+    def _land(self) -> None:
+        inside, self._inside = self._inside, []
+        if inside:
+            self.write(inside)
+
+    def write(self, pages: Sequence[int]) -> None:
+        if self.mp is not None:                 # TRANSITIONAL: see _legacy_sim
+            self.mp.write(pages)
+            return
+        for first, end in runs_of(pages):
+            self.sim.write(self.base + first * PAGE, (end - first) * PAGE)
+
+    def kernel_write(self, pages: Sequence[int]) -> list[int]:
+        failed = []
+        for p in pages:
+            addr = self.base + p * PAGE
+            if self.sim.access_fault(addr, PAGE, write=True) is not None:
+                failed.append(p)            # copy_to_user() fails: EFAULT, no signal
+            else:
+                self.sim.write(addr, PAGE)
+        return failed
+
+    def discard(self, pages: Sequence[int]) -> None:
+        for first, end in runs_of(pages):
+            self.sim.madvise(self.base + first * PAGE, (end - first) * PAGE, MADV_DONTNEED)
+
+    def protect(self, pages: Sequence[int], prot: int) -> None:
+        for first, end in runs_of(pages):
+            self.sim.mprotect(self.base + first * PAGE, (end - first) * PAGE, prot)
+
+    def fork(self, child_pages: Sequence[int]) -> None:
+        child = self.sim.fork()
+        try:
+            if self.mp is not None:             # TRANSITIONAL: the backend's atfork hook
+                child.mprotect(self.base, self.length, PROT_READ | PROT_WRITE)
+            for first, end in runs_of(child_pages):
+                child.write(self.base + first * PAGE, (end - first) * PAGE)
+        finally:
+            child.exit()
+
+    def collect(self) -> set[int]:
+        if self.atomic:
+            self._land()                        # no window inside the collect
+        if self.mp is not None:                 # TRANSITIONAL: see _legacy_sim
+            return set(self.mp.collect())
+        regions = self.tracker.collect(reset=True).regions
+        self._land()                            # if the collect wrote no clear_refs
+        base = self.base
+        return {(a - base) // PAGE for a in regions.addresses(PAGE)}
+
+    def concurrent(self, pages: Sequence[int], threads: int) -> list[set[int]]:
+        order = list(pages)
+        random.Random(len(order)).shuffle(order)
+        step = max(2 * threads, len(order) // 16)
+        reports = []
+        for i in range(0, len(order), step):
+            chunk = order[i:i + step]
+            self.write(chunk[:-threads])
+            self._inside = chunk[-threads:]
+            reports.append(self.collect())
+        reports.append(self.collect())
+        return reports
+
+    def race_note(self, collects: int, threads: int) -> str:
+        where = ("between its pagemap read and its clear_refs" if self._landed_at_clear_refs
+                 else "just before it (the mechanism has no window inside a collect)"
+                 if self.atomic else "just after it")
+        return (f"simulated threads: {collects} collects, one store of each of the "
+                f"{threads} writers landing inside each collect ({where}), the others "
+                "between collects")
+
+    def close(self) -> None:
+        try:
+            if self.tracker is not None:
+                self.tracker.close()
+        finally:
+            for obj, attr, value in reversed(self.restore):   # TRANSITIONAL
+                setattr(obj, attr, value)
+            self.sim.exit()
+
+
+@functools.cache
+def _racing_process_class() -> Any:
+    """A :class:`pagescan.simulator.SimProcess` that calls ``on_clear_refs()`` when
+    its kernel is asked to write ``clear_refs`` (before doing so): where writer
+    threads racing a collect land."""
+    from .. import simulator as simmod
+
+    class RacingSimProcess(simmod.SimProcess):  # type: ignore[misc]
+        on_clear_refs: Any = None
+
+        def clear_refs(self, value: int = CLEAR_REFS_SOFT_DIRTY) -> None:
+            if self.on_clear_refs is not None:
+                self.on_clear_refs()
+            super().clear_refs(value)
+
+    return RacingSimProcess
