@@ -44,8 +44,10 @@ __all__ = [
     "UFFD_FEATURE_WP_UNPOPULATED",
     "Kernel",
     "LinuxKernel",
+    "LinuxWriteTrap",
     "Scratch",
     "Uffd",
+    "WriteTrap",
 ]
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -95,6 +97,103 @@ class Scratch(abc.ABC):
 
     @abc.abstractmethod
     def write(self, offset: int, value: int = 1) -> None: ...
+
+
+# ------------------------------------------------------------------ write-fault trap
+# What the mprotect backend asks of a kernel: a SIGSEGV write-fault trap over
+# ranges of the process (pagescan/_mprotect.c on Linux, pagescan/simulator/sigsegv.py
+# in the model). The backend's own logic (checks, budget, preparation, errors)
+# stays in pagescan/backends/mprotect.py.
+
+
+class WriteTrap(abc.ABC):
+    """A process's write-fault trap: the SIGSEGV handler of the mprotect backend
+    and its table of trapped ranges (one trap per process, shared by its trackers).
+
+    Every page of a trapped range has a state: CLEAN (PROT_READ: the next write
+    faults), UNPROT (a fault handler is giving write access back), DIRTY (written
+    since the last reset), COLLECTING (a collect is re-protecting it), COARSE
+    (unprotected without a write, the map count ran out). A write fault runs
+    CLEAN -> UNPROT -> DIRTY; a reset or collect DIRTY -> COLLECTING -> CLEAN.
+
+    A range is named by a handle; a stale handle gets ``OSError(ESTALE)``. Every
+    call raises OSError with the errno of the failing step: EINVAL (bad or
+    unaligned range), EEXIST (overlaps a trapped range), ENOSPC (table full),
+    ENOMEM (not entirely mapped; mprotect past the map count).
+    """
+
+    #: how many ranges can be trapped at once (by all trackers of the process)
+    max_ranges: int
+
+    @abc.abstractmethod
+    def owner(self) -> int:
+        """The pid of the process this trap belongs to, as seen now (it changes in
+        the child of a fork(), whose copy of the memory is untracked)."""
+
+    @abc.abstractmethod
+    def install(self) -> bool:
+        """Put the handler on top of the SIGSEGV handler in force (chaining to it);
+        True when it was installed by this call."""
+
+    @abc.abstractmethod
+    def installed(self) -> bool:
+        """Whether the SIGSEGV handler in force is this trap's."""
+
+    @abc.abstractmethod
+    def register(self, start: int, end: int) -> int:
+        """Trap ``[start, end)`` (page-aligned, mapped): every page DIRTY, the
+        protection unchanged. Returns the handle."""
+
+    @abc.abstractmethod
+    def unregister(self, handle: int) -> None:
+        """PROT_READ|PROT_WRITE back on the whole range, then forget it."""
+
+    @abc.abstractmethod
+    def arm(self, handle: int, start: int, end: int) -> int:
+        """Reset ``[start, end)`` (part of the range): DIRTY pages back to PROT_READ
+        and CLEAN. Returns how many pages could not be re-protected (left DIRTY)."""
+
+    @abc.abstractmethod
+    def scan(self, handle: int, start: int, end: int, masks: Masks | None = None,
+             max_pages: int = 0, max_regions: int | None = None, reset: bool = False
+             ) -> tuple[ScanResult, int]:
+        """The regions of ``[start, end)`` matching ``masks`` (WPALLOWED on every
+        page, WRITTEN unless CLEAN; the rules of scan_pages), and with ``reset``
+        the written pages of those regions reset. Returns ``(result, left)``:
+        ``left`` counts pages that could not be re-protected."""
+
+    @abc.abstractmethod
+    def mark_written(self, handle: int, start: int, end: int) -> None:
+        """Give write access back to ``[start, end)`` and mark it DIRTY (before a
+        kernel write into it, which does not fault into the handler)."""
+
+    @abc.abstractmethod
+    def stats(self, handle: int = 0) -> dict[str, int]:
+        """Counters of one range, or (handle 0) of every range since the start:
+        faults, coarsened, coarsen_events, reprotect_failed, retries, error,
+        error_addr, mappings (estimated mappings the trapping adds), budget."""
+
+    @abc.abstractmethod
+    def set_budget(self, budget: int) -> None:
+        """How many mappings the trapping of all ranges may add before a write
+        fault coarsens instead of splitting a mapping."""
+
+    @abc.abstractmethod
+    def live(self) -> int:
+        """How many ranges are trapped now."""
+
+    @abc.abstractmethod
+    def overlapping(self, start: int, end: int) -> int:
+        """How many trapped ranges overlap ``[start, end)``."""
+
+    @abc.abstractmethod
+    def touch(self, addr: int) -> None:
+        """Write-fault the page at ``addr`` without changing its contents."""
+
+    @abc.abstractmethod
+    def inject_enomem(self, count: int) -> None:
+        """Test hook: the handler's next ``count`` mprotect() calls fail with
+        ENOMEM, as when vm.max_map_count is reached."""
 
 
 class Kernel(abc.ABC):
@@ -196,10 +295,21 @@ class Kernel(abc.ABC):
         with a text naming the cause when it is refused or a feature is missing."""
 
     # -- write-fault trap (the mprotect backend) -------------------------------------
-    # >>> H5: the per-page CLEAN->UNPROT->DIRTY->COLLECTING state machine behind the
-    # >>> mprotect backend (register / arm / scan / mark_written / stats ...) goes here,
-    # >>> implemented by LinuxKernel with the C SIGSEGV handler (pagescan._core mp_*)
-    # >>> and by SimKernel with the modelled SIGSEGV path (pagescan/simulator/).
+    # The SIGSEGV handler that gives write access back to a PROT_READ page on its
+    # first write and records it (see WriteTrap); the mprotect backend's own logic
+    # (checks, map-count budget, preparation, errors) is in backends/mprotect.py.
+
+    def write_trap(self) -> WriteTrap:
+        """The write-fault trap of the process (one per process, shared by every
+        tracker of it). ``OSError(ENOSYS)`` where there is none (a kernel object
+        for another process, the pure-Python core)."""
+        raise OSError(errno.ENOSYS, f"{type(self).__name__} has no write-fault trap")
+
+    def max_map_count(self) -> int | None:
+        """How many mappings a process may have (``vm.max_map_count``); None when
+        unknown."""
+        return None
+
     # <<< end of the write-fault trap section
 
     def close(self) -> None:  # noqa: B027 - optional: kernels holding nothing
@@ -255,6 +365,66 @@ class _LinuxScratch(Scratch):
 
     def write(self, offset: int, value: int = 1) -> None:
         self.mem[offset] = value
+
+
+class LinuxWriteTrap(WriteTrap):
+    """The trap of this process: the C handler in pagescan._core (_mprotect.c)."""
+
+    def __init__(self) -> None:
+        if not hasattr(impl, "mp_register"):
+            raise OSError(errno.ENOSYS, "pagescan._core was built without the mprotect "
+                          "backend (_mprotect.c), or the pure-Python reference is loaded")
+        self._c = impl
+        self.max_ranges = int(impl.MP_MAX_RANGES)
+
+    def owner(self) -> int:
+        return os.getpid()
+
+    def install(self) -> bool:
+        return bool(self._c.mp_install())
+
+    def installed(self) -> bool:
+        return bool(self._c.mp_installed())
+
+    def register(self, start: int, end: int) -> int:
+        return int(self._c.mp_register(start, end))
+
+    def unregister(self, handle: int) -> None:
+        self._c.mp_unregister(handle)
+
+    def arm(self, handle: int, start: int, end: int) -> int:
+        return int(self._c.mp_arm(handle, start, end))
+
+    def scan(self, handle: int, start: int, end: int, masks: Masks | None = None,
+             max_pages: int = 0, max_regions: int | None = None, reset: bool = False
+             ) -> tuple[ScanResult, int]:
+        result, left = self._c.mp_scan(handle, start, end, masks, max_pages, max_regions,
+                                       reset)
+        return result, int(left)
+
+    def mark_written(self, handle: int, start: int, end: int) -> None:
+        self._c.mp_mark_written(handle, start, end)
+
+    def stats(self, handle: int = 0) -> dict[str, int]:
+        return dict(self._c.mp_stats(handle))
+
+    def set_budget(self, budget: int) -> None:
+        self._c.mp_set_budget(budget)
+
+    def live(self) -> int:
+        return int(self._c.mp_live())
+
+    def overlapping(self, start: int, end: int) -> int:
+        return int(self._c.mp_overlapping(start, end))
+
+    def touch(self, addr: int) -> None:
+        self._c.mp_touch(addr)
+
+    def inject_enomem(self, count: int) -> None:
+        self._c.mp_inject_enomem(count)
+
+
+_LINUX_TRAP: list[LinuxWriteTrap] = []
 
 
 class LinuxKernel(Kernel):
@@ -449,6 +619,21 @@ class LinuxKernel(Kernel):
                               f"vm.unprivileged_userfaultfd={unpriv}: seccomp or a "
                               "container policy denies it") from err
             raise
+
+    # -- write-fault trap -----------------------------------------------------------
+
+    def write_trap(self) -> WriteTrap:
+        self._own("the write-fault trap (a SIGSEGV handler)")
+        if not _LINUX_TRAP:
+            _LINUX_TRAP.append(LinuxWriteTrap())
+        return _LINUX_TRAP[0]
+
+    def max_map_count(self) -> int | None:
+        value = sysctl("vm.max_map_count")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}

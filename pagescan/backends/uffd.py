@@ -34,6 +34,7 @@ from typing import ClassVar
 from .._impl import IMPLEMENTATION
 from .._types import ALL_CATEGORIES, Category, Masks, ScanResult
 from ..errors import KernelError, PagescanError, RangeError
+from ..constants import MADV_NOHUGEPAGE, USER_ADDRESS_LIMIT
 from ..kernel import (PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
                       UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
                       UFFD_FEATURE_WP_UNPOPULATED, Kernel, LinuxKernel)
@@ -41,7 +42,6 @@ from .base import Backend, Capabilities, Probe
 
 __all__ = ["UffdBackend"]
 
-MADV_NOHUGEPAGE = 15
 FEATURES = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED
 WRITTEN_ONLY = Masks(required=Category.WRITTEN, return_mask=Category.WRITTEN)
 
@@ -138,12 +138,18 @@ class UffdBackend(Backend):
 
     def register(self, start: int, end: int) -> None:
         k = self.kernel
-        if not k.is_mapped(start, end - start):
+        # a whole process (track(pid=...) of a simulated one): every mapping in it
+        whole = start == 0 and end >= USER_ADDRESS_LIMIT
+        if not whole and not k.is_mapped(start, end - start):
             raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
         assert self._uffd is not None
         try:
             if not self.thp:
-                k.madvise(start, end - start, MADV_NOHUGEPAGE)
+                try:
+                    k.madvise(start, end - start, MADV_NOHUGEPAGE)
+                except OSError as err:
+                    if not (whole and err.errno == errno.ENOMEM):     # holes: fine
+                        raise
             self._uffd.register_wp(start, end - start)
         except OSError as err:
             if isinstance(err, PagescanError):
