@@ -8,7 +8,6 @@ import argparse
 import array
 import errno
 import functools
-import os
 import platform
 import sys
 from typing import Any
@@ -20,6 +19,7 @@ from .._describe import category_names
 from .._types import ALL_CATEGORIES, Masks
 from ..constants import PAGE_SIZE, PM_PFN_MASK, PM_PRESENT, USER_ADDRESS_LIMIT
 from ..errors import AccessDenied, NoSuchProcess, PagescanError
+from ..kernel import LinuxKernel
 from .exits import EXIT_OK, EXIT_UNAVAILABLE, PTRACE_HINT, Exit, UsageError
 from .output import dump_json, write_scan
 
@@ -33,45 +33,45 @@ def zero_pfn() -> int | None:
     """The shared zero page's PFN, read from our own pagemap after a read fault
     (None when PFNs are hidden, i.e. without CAP_SYS_ADMIN)."""
     m = pagescan.allocate(PAGE_SIZE)
+    entry = array.array("Q", [0])
     try:
         m[0]  # a read fault maps the zero page
-        fd = procfs.open_pagemap("self")
-        try:
-            entry = int.from_bytes(os.pread(fd, 8, m.address // PAGE_SIZE * 8), "little")
-        finally:
-            os.close(fd)
+        with LinuxKernel() as k:
+            k.pagemap_read(m.address, memoryview(entry).cast("B"))
     except (OSError, PagescanError):
         return None
     finally:
         m.close()
-    pfn = entry & PM_PFN_MASK
-    return pfn if entry & PM_PRESENT and pfn else None
+    pfn = entry[0] & PM_PFN_MASK
+    return pfn if entry[0] & PM_PRESENT and pfn else None
 
 
 class Scanner:
-    """Scans ranges of one process: PAGEMAP_SCAN, else pagemap entries."""
+    """Scans ranges of one process through the kernel seam
+    (:class:`pagescan.kernel.LinuxKernel`): PAGEMAP_SCAN, else pagemap entries
+    turned into categories by the core (:func:`pagescan.pagemap_to_categories`,
+    :func:`pagescan.scan_pages`)."""
 
     CHUNK = 1 << 16   # pages per pagemap read in the fallback
 
     def __init__(self, pid: int, method: str) -> None:
-        from .._impl import impl
+        compiled = pagescan.IMPLEMENTATION == "cython"
         self.pid = pid
-        self.impl = impl
-        self.fd = procfs.open_pagemap(pid)
         self.method = method
         self.notes: list[str] = []
         if method == "auto":
-            self.method = "ioctl" if hasattr(impl, "pm_scan") else "pagemap"
+            self.method = "ioctl" if compiled else "pagemap"
             if self.method == "pagemap":
                 self.notes.append("the pure-Python core is loaded: categories come from "
                                   "/proc/PID/pagemap entries")
-        elif method == "ioctl" and not hasattr(impl, "pm_scan"):
+        elif method == "ioctl" and not compiled:
             raise Exit(EXIT_UNAVAILABLE, "--method ioctl needs the compiled core "
                        "(pagescan._core); the pure-Python reference is loaded")
+        self.kernel = LinuxKernel(pid)
         self._pfnmap: set[int] | None = None
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.kernel.close()
 
     def _gone(self, err: OSError) -> PagescanError:
         if err.errno == errno.ESRCH or not procfs.alive(self.pid):
@@ -84,7 +84,7 @@ class Scanner:
     def scan(self, m: procfs.Mapping, start: int, end: int, masks: Masks) -> list[Region]:
         if self.method == "ioctl":
             try:
-                res = self.impl.pm_scan(self.fd, start, end, 0, masks)
+                res = self.kernel.pagemap_scan(start, end, 0, masks)
             except OSError as err:
                 if err.errno == errno.ENOTTY:
                     self.method = "pagemap"
@@ -109,19 +109,8 @@ class Scanner:
         addr = start
         while addr < end:
             n = min(self.CHUNK, (end - addr) // PAGE_SIZE)
-            try:
-                data = os.pread(self.fd, n * 8, addr // PAGE_SIZE * 8)
-            except OSError as err:
-                raise self._gone(err) from err
-            if len(data) != n * 8:
-                if not procfs.alive(self.pid):
-                    raise NoSuchProcess(f"process {self.pid} exited during the scan")
-                n = len(data) // 8
-                if n == 0:
-                    break
-                data = data[: n * 8]
-            entries = array.array("Q")
-            entries.frombytes(data)
+            entries = array.array("Q", bytes(n * 8))
+            self.kernel.pagemap_read(addr, memoryview(entries).cast("B"))
             cats = pagescan.pagemap_to_categories(entries, zero_pfn=zero_pfn())
             parts.append(pagescan.scan_pages(cats, start=addr, page_size=PAGE_SIZE,
                                              masks=masks).regions)
