@@ -29,13 +29,16 @@ import time
 import pytest
 
 import pagescan
+from pagescan import procfs
 from pagescan import HOLE, AccessDenied, Category, Masks, NoSuchProcess, RangeError
 from pagescan._impl import impl
 from pagescan.backends import softdirty as sdmod
-from pagescan.backends.softdirty import (PATH_READ, PATH_SCAN, USER_TOP, SoftDirtyBackend,
-                                         Vma, kernel_masks, parse_maps, runs_clip,
-                                         runs_subtract, runs_union, segments, stitch,
-                                         user_categories, with_required)
+from pagescan.backends.softdirty import (PATH_READ, PATH_SCAN, SoftDirtyBackend, kernel_masks,
+                                         parse_maps, runs_clip, runs_subtract, runs_union,
+                                         segments, stitch, user_categories, with_required)
+from pagescan.constants import USER_ADDRESS_LIMIT as USER_TOP
+from pagescan.kernel import Kernel
+from pagescan.procfs import Mapping as Vma
 
 P = mmap.PAGESIZE
 W, SD = int(Category.WRITTEN), int(Category.SOFT_DIRTY)
@@ -89,29 +92,44 @@ class FakeProcess:
     # what the kernel's PAGEMAP_SCAN would answer (unregistered VMAs: present = WRITTEN)
     def kernel_categories(self, page: int) -> int:
         v = self.vma_of(page)
-        if v is None or sdmod._special(v):
+        if v is None or v.special:
             return HOLE
         return impl.pagemap_to_categories(array.array("Q", [self.entry(page)]))[0]
 
 
-class FakeTarget(sdmod.Target):
-    """The backend's per-process state with FakeProcess in place of /proc/PID."""
+class FakeKernel(Kernel):
+    """A Kernel whose process is a FakeProcess: what the backend reads through the
+    seam (maps, pagemap entries, PAGEMAP_SCAN, clear_refs) comes from it."""
 
-    def __init__(self, pid: int, path: str, proc: FakeProcess) -> None:
+    real = True          # behaves as the real kernel of another process
+
+    def __init__(self, pid: int, path: str, proc: FakeProcess,
+                 kernel_categories: int = 0x1FF, is_self: bool = False) -> None:
         self.proc = proc
-        super().__init__(pid, path)
+        self.pid = pid
+        self.kernel_categories = kernel_categories
+        self._self = is_self
+        self._cache = {"softdirty": pagescan.backends.Probe(
+            True, "", {"path": path, "kernel_categories": kernel_categories})}
 
-    def _open(self) -> None:
-        pass
+    is_self = property(lambda self: self._self)
+    release = property(lambda self: "fake")
+    probe_cache = property(lambda self: self._cache)
 
-    def vmas(self) -> list[Vma]:
+    def maps(self) -> list[Vma]:
         return list(self.proc.vmas)
 
-    def read_pagemap(self, start: int, out: memoryview) -> None:
+    def alive(self) -> bool:
+        return True
+
+    def status(self):
+        return {}
+
+    def pagemap_read(self, start: int, out: memoryview) -> None:
         n = len(out) // 8
         out[:] = struct.pack(f"<{n}Q", *(self.proc.entry(start + i * P) for i in range(n)))
 
-    def pm_scan(self, start, end, masks, max_pages, max_regions):
+    def pagemap_scan(self, start, end, flags=0, masks=None, max_pages=0, max_regions=None):
         if (masks.inverted | masks.mask | masks.anyof | masks.return_mask) & \
                 ~self.kernel_categories:
             raise OSError(22, "PAGEMAP_SCAN: Invalid argument")   # as before 6.15
@@ -119,36 +137,46 @@ class FakeTarget(sdmod.Target):
         return impl.scan_pages(cats, start=start, masks=masks, max_pages=max_pages,
                                max_regions=max_regions)
 
-    def clear_refs(self) -> None:
+    def clear_refs(self, value: int = 4) -> None:
         self.proc.clear()
+
+    def mprotect(self, addr, length, prot):
+        raise NotImplementedError
+
+    def madvise(self, addr, length, advice):
+        pass                                     # fake addresses: nothing to advise
+
+    def is_mapped(self, addr, length):
+        return True
+
+    def scratch(self, npages):
+        raise NotImplementedError
+
+    def userfaultfd(self, features, optional=0):
+        raise NotImplementedError
 
 
 _fake_pids = itertools.count(10_000_000)
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    """``fake(vmas, path) -> (FakeProcess, pid)``: backends for ``pid`` drive it."""
-    procs: dict[int, tuple[FakeProcess, str]] = {}
+def fake():
+    """``fake(vmas, path) -> (FakeProcess, kernel)``: backends over ``kernel`` drive it."""
+    made: list[int] = []
 
-    def factory(pid, _path):
-        proc, path = procs[pid]
-        return FakeTarget(pid, path, proc)
-
-    monkeypatch.setattr(sdmod, "target_factory", factory)
-
-    def make(vmas, path=PATH_READ):
+    def make(vmas, path=PATH_READ, kernel_categories=0x1FF):
         pid = next(_fake_pids)
-        procs[pid] = (FakeProcess(vmas), path)
-        return procs[pid][0], pid
+        made.append(pid)
+        proc = FakeProcess(vmas)
+        return proc, FakeKernel(pid, path, proc, kernel_categories)
 
     yield make
-    for pid in procs:
-        sdmod._targets.pop(pid, None)
+    for pid in made:
+        sdmod.target._targets.pop(pid, None)
 
 
 def rw(start_page: int, npages: int, perms: str = "rw-p", path: str = "") -> Vma:
-    return Vma(start_page * P, (start_page + npages) * P, perms, path)
+    return Vma(start_page * P, (start_page + npages) * P, perms, path=path)
 
 
 def pages(regions) -> set[int]:
@@ -186,7 +214,7 @@ def test_parsing_of_recorded_entries(fake, path, soft_dirty):
     them) through the backend's own conversion: WRITTEN is soft-dirty, nothing else."""
     kinds, entries = recorded()
     n = len(entries)
-    proc, pid = fake([rw(0x1000, n)], path)
+    proc, k = fake([rw(0x1000, n)], path)
     for i, e in enumerate(entries):
         proc.entries[0x1000 * P + i * P] = e
     proc.vma_dirty.clear()
@@ -195,7 +223,7 @@ def test_parsing_of_recorded_entries(fake, path, soft_dirty):
     expected = {"anon_written": PRESENT, "none": 0, "zero_page": PRESENT,
                 "file": PRESENT | FILE, "shmem_written": PRESENT | FILE,
                 "guard": SWAPPED | GUARD}
-    t = sdmod.target_factory(pid, path)
+    t = sdmod.Target(k, path)
     cats = list(t.dense(0x1000 * P, (0x1000 + n) * P, []))
     for kind, c in zip(kinds, cats, strict=True):
         want = expected[kind] | (W | SD if soft_dirty else 0)
@@ -207,12 +235,12 @@ def test_parsing_of_recorded_entries(fake, path, soft_dirty):
 
 def test_entries_that_uffd_wp_marks_are_written_when_soft_dirty(fake):
     # bit 57 (uffd-wp) is the uffd backend's WRITTEN; here only bit 55 counts
-    proc, pid = fake([rw(0x10, 2)])
+    proc, k = fake([rw(0x10, 2)])
     proc.entries[0x10 * P] = B63 | B57
     proc.entries[0x11 * P] = B63
     proc.vma_dirty.clear()
     proc.dirty = {0x10 * P}
-    cats = list(sdmod.target_factory(pid, PATH_READ).dense(0x10 * P, 0x12 * P, []))
+    cats = list(sdmod.Target(k, PATH_READ).dense(0x10 * P, 0x12 * P, []))
     assert cats == [PRESENT | W | SD, PRESENT]
 
 
@@ -237,8 +265,9 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 def test_parse_maps():
     vmas = parse_maps(MAPS)
     assert len(vmas) == 11
-    assert vmas[0] == Vma(0x55D0C0A00000, 0x55D0C0A02000, "r--p", "/usr/bin/python3.11")
-    assert vmas[4] == Vma(0x7F0000000000, 0x7F0000100000, "rw-p", "")
+    assert vmas[0] == Vma(0x55D0C0A00000, 0x55D0C0A02000, "r--p", 0, "08:01", 1234,
+                          "/usr/bin/python3.11")
+    assert vmas[4] == Vma(0x7F0000000000, 0x7F0000100000, "rw-p", path="")
     assert vmas[6].path == "/dev/shm/my file (deleted)" and vmas[6].writable
     assert not vmas[5].writable
     assert parse_maps(MAPS.encode()) == vmas
@@ -468,14 +497,12 @@ def test_scan_per_vma_matches_one_dense_scan(fake, monkeypatch, path, kernel_cat
     """A whole-process tracker: scan per writable VMA (in chunks of 3 pages here) with
     pending pages, stitched; compared with scan_pages over the dense array. Before
     6.15 PAGEMAP_SCAN refuses GUARD in a mask (EINVAL)."""
-    monkeypatch.setattr(sdmod, "CHUNK_PAGES", 3)
-    monkeypatch.setattr(sdmod, "_probe_result", pagescan.backends.Probe(
-        False, "simulated", {"kernel_categories": kernel_categories}))
+    monkeypatch.setattr(sdmod.target, "CHUNK_PAGES", 3)
     rnd = random.Random(4 if path == PATH_READ else kernel_categories)
     for case in range(300):
         proc0, lo, hi = random_process(rnd)
-        proc, pid = fake(proc0.vmas, path)
-        b = SoftDirtyBackend(pid=pid)
+        proc, k = fake(proc0.vmas, path, kernel_categories)
+        b = SoftDirtyBackend(kernel=k)
         b.register(0, USER_TOP)
         (rng,) = b._ranges
         proc.entries, proc.dirty, proc.vma_dirty = proc0.entries, proc0.dirty, proc0.vma_dirty
@@ -504,12 +531,12 @@ def test_scan_per_vma_matches_one_dense_scan(fake, monkeypatch, path, kernel_cat
 
 @pytest.mark.parametrize("path", [PATH_READ, PATH_SCAN])
 def test_resuming_from_walk_end_gives_the_whole_answer(fake, monkeypatch, path):
-    monkeypatch.setattr(sdmod, "CHUNK_PAGES", 4)
+    monkeypatch.setattr(sdmod.target, "CHUNK_PAGES", 4)
     rnd = random.Random(6)
     for _ in range(100):
         proc0, lo, hi = random_process(rnd)
-        proc, pid = fake(proc0.vmas, path)
-        b = SoftDirtyBackend(pid=pid)
+        proc, k = fake(proc0.vmas, path)
+        b = SoftDirtyBackend(kernel=k)
         b.register(0, USER_TOP)
         proc.entries, proc.dirty, proc.vma_dirty = proc0.entries, proc0.dirty, proc0.vma_dirty
         m = random_masks(rnd)
@@ -526,8 +553,8 @@ def test_resuming_from_walk_end_gives_the_whole_answer(fake, monkeypatch, path):
 
 
 def test_explicit_range_over_adjacent_vmas(fake):
-    proc, pid = fake([rw(0x10, 2), rw(0x12, 2, "r--p"), rw(0x16, 2)])
-    b = SoftDirtyBackend(pid=pid)
+    proc, k = fake([rw(0x10, 2), rw(0x12, 2, "r--p"), rw(0x16, 2)])
+    b = SoftDirtyBackend(kernel=k)
     b.register(0x10 * P, 0x14 * P)               # two adjacent VMAs: fine
     with pytest.raises(RangeError, match="not entirely mapped"):
         b.register(0x13 * P, 0x17 * P)           # a gap
@@ -543,8 +570,8 @@ def test_explicit_range_over_adjacent_vmas(fake):
 
 @pytest.mark.parametrize("path", [PATH_READ, PATH_SCAN])
 def test_reset_of_one_tracker_keeps_the_others_writes(fake, path):
-    proc, pid = fake([rw(0x10, 8), rw(0x20, 8)], path)
-    a, b = SoftDirtyBackend(pid=pid), SoftDirtyBackend(pid=pid)
+    proc, k = fake([rw(0x10, 8), rw(0x20, 8)], path)
+    a, b = SoftDirtyBackend(kernel=k), SoftDirtyBackend(kernel=k)
     A, B = (0x10 * P, 0x18 * P), (0x20 * P, 0x28 * P)
     a.register(*A)
     b.register(*B)
@@ -577,8 +604,8 @@ def test_reset_of_one_tracker_keeps_the_others_writes(fake, path):
 
 @pytest.mark.parametrize("path", [PATH_READ, PATH_SCAN])
 def test_reset_of_a_sub_range_keeps_the_rest_of_the_range(fake, path):
-    proc, pid = fake([rw(0x10, 8)], path)
-    a = SoftDirtyBackend(pid=pid)
+    proc, k = fake([rw(0x10, 8)], path)
+    a = SoftDirtyBackend(kernel=k)
     A = (0x10 * P, 0x18 * P)
     a.register(*A)
     for i in (1, 2, 5, 6):
@@ -595,13 +622,13 @@ def test_collect_keeps_what_it_does_not_report(fake, monkeypatch, path):
     """Random collects (masks, max_pages, max_regions) by a whole-process tracker A
     while tracker B watches part of the same process: afterwards A reads WRITTEN
     exactly the written pages it did not report, and B still reads all of its own."""
-    monkeypatch.setattr(sdmod, "CHUNK_PAGES", 3)
+    monkeypatch.setattr(sdmod.target, "CHUNK_PAGES", 3)
     rnd = random.Random(9)
     for case in range(200):
         proc0, _, hi = random_process(rnd)
         theirs = rw(hi // P + 2, 5)
-        proc, pid = fake([*proc0.vmas, theirs], path)
-        a, b = SoftDirtyBackend(pid=pid), SoftDirtyBackend(pid=pid)
+        proc, k = fake([*proc0.vmas, theirs], path)
+        a, b = SoftDirtyBackend(kernel=k), SoftDirtyBackend(kernel=k)
         a.register(0, USER_TOP)
         b.register(theirs.start, theirs.end)
         proc.entries = dict(proc0.entries)
@@ -628,8 +655,8 @@ def test_collect_keeps_what_it_does_not_report(fake, monkeypatch, path):
 def test_a_write_after_the_fold_and_before_the_clear_is_the_window(fake):
     """The documented window: a write that lands between the fold's read and the
     clear_refs write is lost (for another process, freeze=True closes it)."""
-    proc, pid = fake([rw(0x10, 4), rw(0x20, 4)])
-    a, b = SoftDirtyBackend(pid=pid), SoftDirtyBackend(pid=pid)
+    proc, k = fake([rw(0x10, 4), rw(0x20, 4)])
+    a, b = SoftDirtyBackend(kernel=k), SoftDirtyBackend(kernel=k)
     a.register(0x10 * P, 0x14 * P)
     b.register(0x20 * P, 0x24 * P)
     proc.write(0x20 * P)
@@ -644,8 +671,8 @@ def test_a_write_after_the_fold_and_before_the_clear_is_the_window(fake):
 
 
 def test_new_mappings_read_as_written(fake):
-    proc, pid = fake([rw(0x10, 4)])
-    b = SoftDirtyBackend(pid=pid)
+    proc, k = fake([rw(0x10, 4)])
+    b = SoftDirtyBackend(kernel=k)
     b.register(0, USER_TOP)
     proc.vmas.append(rw(0x30, 3))
     proc.vma_dirty.add(0x30 * P)                   # VM_SOFTDIRTY, untouched
@@ -654,8 +681,8 @@ def test_new_mappings_read_as_written(fake):
 
 
 def test_unregistered_ranges_are_no_longer_folded(fake):
-    proc, pid = fake([rw(0x10, 4), rw(0x20, 4)])
-    a, b = SoftDirtyBackend(pid=pid), SoftDirtyBackend(pid=pid)
+    proc, k = fake([rw(0x10, 4), rw(0x20, 4)])
+    a, b = SoftDirtyBackend(kernel=k), SoftDirtyBackend(kernel=k)
     a.register(0x10 * P, 0x14 * P)
     b.register(0x20 * P, 0x24 * P)
     b.unregister(0x20 * P, 0x24 * P)
@@ -664,7 +691,7 @@ def test_unregistered_ranges_are_no_longer_folded(fake):
     assert b.pending() == []
     a.close()
     b.close()
-    assert pid not in sdmod._targets                 # the last user closed it
+    assert k.pid not in sdmod.target._targets                 # the last user closed it
 
 
 # ------------------------------------------------------------------ the probe
@@ -701,24 +728,25 @@ def test_probe_reason_on_this_machine():
         pagescan.track(pagescan.allocate(P), backend="softdirty")
 
 
-def test_probe_folds_live_trackers_of_this_process(fake, monkeypatch):
+def test_probe_folds_live_trackers_of_this_process(monkeypatch):
     """If the probe ever runs while trackers of this process live, its clear_refs
     goes through the same fold as a reset."""
-    proc, _ = fake([rw(0x10, 4)])
-    monkeypatch.setattr(sdmod, "target_factory",
-                        lambda pid, path: FakeTarget(pid, PATH_READ, proc))
-    monkeypatch.setattr(sdmod, "_probe_result", None)
-    sdmod._targets.pop(os.getpid(), None)
-    b = SoftDirtyBackend(thp=True)           # fake addresses: no madvise
+    from pagescan import kernel as kmod
+    proc = FakeProcess([rw(0x10, 4)])
+    k = FakeKernel(os.getpid(), PATH_READ, proc, is_self=True)
+    sdmod.target._targets.pop(os.getpid(), None)
+    b = SoftDirtyBackend(thp=True, kernel=k)           # fake addresses: no madvise
     try:
         b.register(0x10 * P, 0x14 * P)
         proc.write(0x11 * P)
-        monkeypatch.setattr(sdmod, "_probe_result", None)
+        monkeypatch.delitem(kmod._REAL_CACHE, "softdirty", raising=False)
+        clears = proc.clears
         SoftDirtyBackend.probe()
+        assert proc.clears == clears + 1                # the probe's clear went to it
         assert pages(b.scan(0x10 * P, 0x14 * P, WRITTEN_ONLY).regions) == {0x11 * P}
     finally:
         b.close()
-        sdmod._targets.pop(os.getpid(), None)
+        sdmod.target._targets.pop(os.getpid(), None)
 
 
 # ------------------------------------------------------------------ real processes
@@ -871,11 +899,11 @@ def test_access_denied_names_what_is_missing():
 
 
 def test_access_denied_is_a_permission_error():
-    err = sdmod.proc_error(PermissionError(13, "Permission denied"), 1, "reading x")
+    err = procfs.proc_error(PermissionError(13, "Permission denied"), 1, "reading x")
     assert isinstance(err, AccessDenied) and isinstance(err, PermissionError)
-    err = sdmod.proc_error(OSError(3, "No such process"), 5, "writing /proc/5/clear_refs")
+    err = procfs.proc_error(OSError(3, "No such process"), 5, "writing /proc/5/clear_refs")
     assert isinstance(err, NoSuchProcess) and isinstance(err, ProcessLookupError)
-    err = sdmod.proc_error(PermissionError(13, "x"), 5, "writing /proc/5/clear_refs")
+    err = procfs.proc_error(PermissionError(13, "x"), 5, "writing /proc/5/clear_refs")
     assert "clear_refs needs the same user" in str(err)
 
 
@@ -951,11 +979,11 @@ def test_a_forked_child_starts_with_no_targets():
     b = SoftDirtyBackend()
     b.register(buf.address, buf.address + P)
     try:
-        assert os.getpid() in sdmod._targets
+        assert os.getpid() in sdmod.target._targets
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.write(w, repr(sorted(sdmod._targets)).encode())
+            os.write(w, repr(sorted(sdmod.target._targets)).encode())
             os._exit(0)
         os.close(w)
         with os.fdopen(r) as f:

@@ -71,8 +71,13 @@ class UffdBackend(Backend):
         except (OSError, PagescanError) as err:
             return Probe(False, getattr(err, "strerror", None) or str(err), {})
         details: dict[str, object] = {"kernel": k.release}
+        if not own and "uffd" in k.probe_cache:
+            return k.probe_cache["uffd"]          # once per kernel (a simulated one)
         try:
-            return cls._probe(k, details)
+            result = cls._probe(k, details)
+            if not own:
+                k.probe_cache["uffd"] = result
+            return result
         except (OSError, PagescanError) as err:
             return Probe(False, getattr(err, "strerror", None) or str(err), details)
         finally:

@@ -20,7 +20,7 @@ from ..errors import NoSuchProcess
 from ..kernel import CLEAR_REFS_SOFT_DIRTY, Kernel, Scratch, Uffd, WriteTrap
 from ..constants import MADV_POPULATE_WRITE
 from ..procfs import Mapping
-from .constants import PAGE_SIZE
+from .constants import PAGE_SIZE, PROT_NONE, PROT_READ, PROT_WRITE
 from .process import SimProcess
 from .uffd import SimUffd
 
@@ -52,10 +52,15 @@ class _SimUffd(Uffd):
 
 
 class _SimScratch(Scratch):
+    """Pages between two PROT_NONE guard pages: the scratch VMA merges with no
+    neighbour, so the process's other VMAs are left as they were."""
+
     def __init__(self, sim: SimProcess, npages: int) -> None:
         self.sim = sim
         self.npages = npages
-        self.addr = sim.mmap(npages * PAGE_SIZE)
+        self.base = sim.mmap((npages + 2) * PAGE_SIZE, PROT_NONE)
+        self.addr = self.base + PAGE_SIZE
+        sim.mprotect(self.addr, npages * PAGE_SIZE, PROT_READ | PROT_WRITE)
 
     def write(self, offset: int, value: int = 1) -> None:
         self.sim.write(self.addr + offset)
@@ -172,7 +177,7 @@ class SimKernel(Kernel):
             yield s
         finally:
             if not self.sim.exited:
-                self.sim.munmap(s.addr, npages * PAGE_SIZE)
+                self.sim.munmap(s.base, (npages + 2) * PAGE_SIZE)
 
     # -- userfaultfd -----------------------------------------------------------------
 

@@ -1,0 +1,183 @@
+"""The soft-dirty backend (see the package docs for how it works)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+from collections.abc import Iterator
+from typing import ClassVar
+
+from ..._types import ALL_CATEGORIES, Category, Masks, ScanResult
+from ...constants import MADV_NOHUGEPAGE
+from ...errors import KernelError, PagescanError, RangeError
+from ...kernel import Kernel
+from ..base import Backend, Capabilities, Probe
+from .freeze import frozen
+from .masks import W
+from .probe import probe as _probe
+from .runs import Runs, segments
+from .target import PATH_READ, PATH_SCAN, Target, _Range, acquire, release
+
+__all__ = ["SoftDirtyBackend"]
+
+class SoftDirtyBackend(Backend):
+    """Soft-dirty tracking of this process or another one (see the module docs).
+
+    ``freeze=True`` (another process only) stops the target's threads during each
+    reset and collect so that no write can fall between reading and clearing.
+    """
+
+    name: ClassVar[str] = "softdirty"
+    priority: ClassVar[int] = 50
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        atomic_reset=False,
+        range_reset=False,
+        other_processes=True,
+        kernel_filtering=False,
+        kernel_writes_seen=True,
+        categories=int(Category.FILE | Category.PRESENT | Category.SWAPPED
+                       | Category.SOFT_DIRTY | Category.GUARD),
+        notes=(
+            "a reset clears soft-dirty for the whole process (clear_refs): the state of "
+            "the process's other tracked ranges is read and kept as pending first",
+            "read and clear are two steps: a write between the last pagemap read and the "
+            "clear_refs write can be lost (another process: freeze=True closes the window)",
+            "new mappings, and mappings merged with new ones (mmap, mprotect), read as "
+            "all written",
+            "writes through other processes' mappings of shared memory are not seen",
+            "with PAGEMAP_SCAN (Linux 6.7+) the masks are applied in the kernel",
+        ),
+    )
+
+    @classmethod
+    def probe(cls, kernel: Kernel | None = None) -> Probe:
+        """Writes a page, clears soft-dirty, writes again, and reads bit 55. Run once
+        per kernel (the answer cannot change; kept in ``kernel.probe_cache``); the
+        clear folds live trackers first."""
+        return _probe(kernel)
+
+    def __init__(self, *, pid: int | None = None, thp: bool = False,
+                 freeze: bool = False, kernel: Kernel | None = None) -> None:
+        self.thp = thp
+        self.freeze = freeze
+        self._ranges: list[_Range] = []
+        self._target: Target | None = None
+        if freeze and (pid is None or pid == os.getpid()) and (kernel is None or kernel.is_self):
+            raise ValueError("freeze=True stops another process while its soft-dirty bits "
+                             "are read and cleared; it cannot stop the calling process")
+        k = self.make_kernel(pid, kernel)
+        try:
+            p = _probe(k)             # (the Tracker refuses a backend whose probe fails)
+        except BaseException:
+            k.close()
+            raise
+        self._target = acquire(k, str(p.details.get("path", PATH_READ)),
+                               int(p.details.get("kernel_categories",  # type: ignore[call-overload]
+                                                 ALL_CATEGORIES)))
+        self.kernel = self._target.kernel
+        self.pid = self.kernel.pid
+        self.path = self._target.path
+        if self.path == PATH_SCAN:
+            self.capabilities = dataclasses.replace(  # type: ignore[misc]
+                SoftDirtyBackend.capabilities, kernel_filtering=True,
+                categories=self._target.kernel_categories & ~W)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _live(self) -> Target:
+        if self._target is None or self._target.closed:
+            raise KernelError(errno.EBADF, "the soft-dirty backend is closed")
+        return self._target
+
+    def _range(self, start: int, end: int) -> _Range:
+        for r in self._ranges:
+            if r.start <= start and end <= r.end:
+                return r
+        raise RangeError(f"[0x{start:x}, 0x{end:x}) is not registered with this backend")
+
+    @contextlib.contextmanager
+    def _stopped(self, t: Target) -> Iterator[None]:
+        if self.freeze and not t.is_self:
+            with frozen(t.pid):
+                yield
+        else:
+            yield
+
+    # -- registration ----------------------------------------------------------------
+
+    def register(self, start: int, end: int) -> None:
+        t = self._live()
+        rng = _Range(start, end)
+        with t.lock:
+            if not rng.whole:
+                segs = segments(t.vmas(), start, end)
+                if segs != [(start, end)]:
+                    raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped in "
+                                     f"process {t.pid}")
+                if t.is_self and not self.thp:
+                    try:
+                        self.kernel.madvise(start, end - start, MADV_NOHUGEPAGE)
+                    except OSError as err:
+                        if isinstance(err, PagescanError):
+                            raise
+                        if err.errno != errno.EINVAL:  # no THP in this kernel: nothing to do
+                            raise KernelError(err.errno, "madvise(MADV_NOHUGEPAGE): "
+                                              f"{err.strerror}") from err
+            t.ranges.append(rng)
+            self._ranges.append(rng)
+            try:
+                self.reset(start, end)
+            except BaseException:
+                t.ranges.remove(rng)
+                self._ranges.remove(rng)
+                raise
+
+    def unregister(self, start: int, end: int) -> None:
+        t = self._target
+        for r in list(self._ranges):
+            if r.start == start and r.end == end:
+                self._ranges.remove(r)
+                if t is not None:
+                    with t.lock:
+                        if r in t.ranges:
+                            t.ranges.remove(r)
+
+    # -- tracking ------------------------------------------------------------------
+
+    def reset(self, start: int, end: int) -> None:
+        t = self._live()
+        rng = self._range(start, end)
+        with t.lock, self._stopped(t):
+            t.fold_and_clear(rng, [(start, end)])
+
+    def scan(self, start: int, end: int, masks: Masks, *, max_pages: int = 0,
+             max_regions: int | None = None, reset: bool = False) -> ScanResult:
+        t = self._live()
+        rng = self._range(start, end)
+        if max_regions is not None and max_regions < 1:
+            raise ValueError("max_regions must be at least 1")
+        with t.lock:
+            if not reset:
+                return t.scan(rng, start, end, masks, max_pages, max_regions, False)[0]
+            with self._stopped(t):
+                result, written = t.scan(rng, start, end, masks, max_pages, max_regions, True)
+                t.fold_and_clear(rng, written)
+            return result
+
+    def pending(self) -> Runs:
+        """The runs of pending written pages (folded in before another range's reset)."""
+        return [run for r in self._ranges for run in r.pending]
+
+    def close(self) -> None:
+        t, self._target = self._target, None
+        if t is None:
+            return
+        if not t.closed:                   # (closed: inherited through fork)
+            with t.lock:
+                for r in self._ranges:
+                    if r in t.ranges:
+                        t.ranges.remove(r)
+        self._ranges.clear()
+        release(t)
