@@ -231,8 +231,9 @@ def _watch_demo(args: argparse.Namespace) -> _Watched:
     if args.simulate:
         from .. import compare
         name = "softdirty" if args.backend == "auto" else args.backend
-        if name not in ("softdirty", "uffd"):
-            raise UsageError(f"--simulate plays softdirty or uffd, not {name!r}")
+        if name not in compare.SIM_MODELS:
+            raise UsageError(f"--simulate plays {', '.join(sorted(compare.SIM_MODELS))}, "
+                             f"not {name!r}")
         ok, why = compare.sim_status()
         if not ok:
             raise Exit(EXIT_UNAVAILABLE, f"the simulator does not work here: {why}")

@@ -1,88 +1,41 @@
-"""TRANSITIONAL (issue 11): the simulated rows of mechanisms that do not run over the
-simulated kernel yet. To be deleted as soon as ``pagescan.track(...,
-backend="simulator", mechanism=NAME)`` works for NAME: each entry of ``LEGACY`` goes
-with it (the SimExecutor then runs the real backend of the mechanism).
+"""TRANSITIONAL (issue 11): the simulated softdirty row, until the softdirty backend
+runs over the kernel seam (``pagescan.track(..., backend="simulator",
+mechanism="softdirty")``). Delete this module then, with the three lines marked
+TRANSITIONAL in :mod:`pagescan.compare.executors`.
 
-* uffd: the simulator backend's own re-implementation of the uffd mechanism.
-* softdirty: the softdirty backend's code with its /proc files replaced by the
-  simulated process's (it overwrites the module's ``_probe_result`` and
-  ``target_factory`` for the life of the executor, and subclasses its ``Target``).
-* mprotect: a model of the mechanism played here (``LegacyMprotect``).
+It runs the softdirty backend's code with its /proc files replaced by the simulated
+process's: it overwrites the module's ``_probe_result`` and ``target_factory`` for the
+life of the executor (restored by ``SimExecutor.close()``) and subclasses its
+``Target``. The uffd and mprotect rows already run their real backends over the
+simulated kernel.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
-from ..constants import PAGE_SIZE, PROT_READ, PROT_WRITE
 
-#: the mechanisms still played by this module, and what their rows are
-MODELS = {
-    "uffd": "the simulator backend: uffd-wp async + PAGEMAP_SCAN on the simulated kernel",
-    "softdirty": "the softdirty backend's own code, reading and clearing the simulated "
-                 "kernel's soft-dirty bits (CONFIG_MEM_SOFT_DIRTY=y)",
-    "mprotect": "the mprotect mechanism (PROT_READ, a write fault unprotects and records "
-                "the page, a collect re-protects) on the simulated process",
-}
-LEGACY = set(MODELS)
-
-PAGE = PAGE_SIZE
+#: the mechanisms still played by this module
+LEGACY = {"softdirty"}
 
 
-def track(ex: Any, mechanism: str, thp: bool) -> Any:
-    """The tracker (None for mprotect: ``ex.mp`` plays it) of a legacy mechanism."""
+def track(ex: Any, thp: bool) -> Any:
+    """A softdirty tracker of the simulated process of ``ex`` (a SimExecutor)."""
     import pagescan
-    if mechanism == "uffd":
-        return pagescan.track((ex.base, ex.length), backend="simulator", pid=ex.sim.pid,
-                              thp=thp)
-    if mechanism == "softdirty":
-        from ..backends import softdirty as sd
-        from ..backends.base import Probe
-        target_cls = _sim_softdirty_target()
+    from ..backends import softdirty as sd
+    from ..backends.base import Probe
+    target_cls = _sim_softdirty_target()
 
-        def factory(pid: int, path: str) -> Any:
-            return target_cls(pid, sd.PATH_SCAN, ex)
-        for attr, value in (("_probe_result", Probe(True, "", {"path": sd.PATH_SCAN,
-                                                                 "simulated": True})),
-                            ("target_factory", factory)):
-            ex.restore.append((sd, attr, getattr(sd, attr)))
-            setattr(sd, attr, value)
-        return pagescan.track((ex.base, ex.length), backend="softdirty", pid=ex.sim.pid,
-                              thp=thp)
-    ex.mp = LegacyMprotect(ex)
-    return None
-
-
-class LegacyMprotect:
-    """The mprotect backend's mechanism, played on the simulated process: arming makes
-    every page PROT_READ; a write fault on an armed page records it and makes it
-    writable; a collect re-protects the pages it reports."""
-
-    def __init__(self, ex: Any) -> None:
-        self.ex, self.sim = ex, ex.sim
-        self.armed = set(range(ex.length // PAGE))
-        self.dirty: set[int] = set()
-        self.sim.mprotect(ex.base, ex.length, PROT_READ)
-
-    def write(self, pages: Sequence[int]) -> None:
-        sim, base = self.sim, self.ex.base
-        for p in sorted(pages):
-            addr = base + p * PAGE
-            if p in self.armed and sim.access_fault(addr, PAGE, write=True) is not None:
-                self.armed.discard(p)           # the SIGSEGV handler
-                self.dirty.add(p)
-                sim.mprotect(addr, PAGE, PROT_READ | PROT_WRITE)
-            sim.write(addr, PAGE)
-
-    def collect(self) -> set[int]:
-        got, self.dirty = self.dirty, set()
-        if got:     # the backend re-protects the whole span of what it reports
-            lo, hi = min(got), max(got) + 1
-            self.sim.mprotect(self.ex.base + lo * PAGE, (hi - lo) * PAGE, PROT_READ)
-        self.armed |= got
-        return got
+    def factory(pid: int, path: str) -> Any:
+        return target_cls(pid, sd.PATH_SCAN, ex)
+    for attr, value in (("_probe_result", Probe(True, "", {"path": sd.PATH_SCAN,
+                                                             "simulated": True})),
+                        ("target_factory", factory)):
+        ex.restore.append((sd, attr, getattr(sd, attr)))
+        setattr(sd, attr, value)
+    return pagescan.track((ex.base, ex.length), backend="softdirty", pid=ex.sim.pid,
+                          thp=thp)
 
 
 @functools.cache

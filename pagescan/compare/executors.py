@@ -22,8 +22,7 @@ from typing import Any
 
 import pagescan
 
-from ..constants import (CLEAR_REFS_SOFT_DIRTY, MADV_DONTNEED, MADV_HUGEPAGE, PAGE_SIZE,
-                         PROT_READ, PROT_WRITE)
+from ..constants import CLEAR_REFS_SOFT_DIRTY, MADV_DONTNEED, MADV_HUGEPAGE, PAGE_SIZE
 from ..kernel import LinuxKernel
 from . import _legacy_sim
 from .workloads import HUGE, Workload, runs_of
@@ -194,7 +193,6 @@ SIM_MODELS = {
                 "write fault runs the modelled SIGSEGV path: it unprotects and records "
                 "the page; a collect re-protects)",
 }
-SIM_MODELS.update(_legacy_sim.MODELS)       # TRANSITIONAL: see _legacy_sim
 
 
 def sim_status() -> tuple[bool, str]:
@@ -244,14 +242,12 @@ class SimExecutor(Executor):
         self._inside: list[int] = []          # stores that land inside the next collect
         self._landed_at_clear_refs = False
         self.sim.on_clear_refs = self._at_clear_refs
-        self.mp: Any = None                   # TRANSITIONAL: see _legacy_sim
         self.restore: list[tuple[Any, str, Any]] = []
-        if mechanism in _legacy_sim.LEGACY:   # TRANSITIONAL: see _legacy_sim
-            self.tracker: Any = _legacy_sim.track(self, mechanism, w.thp)
-            self.atomic = mechanism != "softdirty"
-            return
-        self.tracker = pagescan.track((self.base, length), backend="simulator",
-                                      pid=self.sim.pid, thp=w.thp, mechanism=mechanism)
+        if mechanism in _legacy_sim.LEGACY:     # TRANSITIONAL: see _legacy_sim
+            self.tracker = _legacy_sim.track(self, w.thp)
+        else:
+            self.tracker = pagescan.track((self.base, length), backend="simulator",
+                                          pid=self.sim.pid, thp=w.thp, mechanism=mechanism)
         self.atomic = bool(self.tracker.capabilities.atomic_reset)
 
     def _at_clear_refs(self) -> None:
@@ -267,20 +263,20 @@ class SimExecutor(Executor):
             self.write(inside)
 
     def write(self, pages: Sequence[int]) -> None:
-        if self.mp is not None:                 # TRANSITIONAL: see _legacy_sim
-            self.mp.write(pages)
-            return
         for first, end in runs_of(pages):
             self.sim.write(self.base + first * PAGE, (end - first) * PAGE)
 
     def kernel_write(self, pages: Sequence[int]) -> list[int]:
         failed = []
         for p in pages:
-            addr = self.base + p * PAGE
-            if self.sim.access_fault(addr, PAGE, write=True) is not None:
-                failed.append(p)            # copy_to_user() fails: EFAULT, no signal
-            else:
-                self.sim.write(addr, PAGE)
+            try:
+                n = self.sim.kernel_write(self.base + p * PAGE, PAGE)
+            except OSError as err:
+                if err.errno != errno.EFAULT:
+                    raise
+                n = 0                       # copy_to_user() failed: EFAULT, no signal
+            if n < PAGE:
+                failed.append(p)
         return failed
 
     def discard(self, pages: Sequence[int]) -> None:
@@ -294,8 +290,6 @@ class SimExecutor(Executor):
     def fork(self, child_pages: Sequence[int]) -> None:
         child = self.sim.fork()
         try:
-            if self.mp is not None:             # TRANSITIONAL: the backend's atfork hook
-                child.mprotect(self.base, self.length, PROT_READ | PROT_WRITE)
             for first, end in runs_of(child_pages):
                 child.write(self.base + first * PAGE, (end - first) * PAGE)
         finally:
@@ -304,8 +298,6 @@ class SimExecutor(Executor):
     def collect(self) -> set[int]:
         if self.atomic:
             self._land()                        # no window inside the collect
-        if self.mp is not None:                 # TRANSITIONAL: see _legacy_sim
-            return set(self.mp.collect())
         regions = self.tracker.collect(reset=True).regions
         self._land()                            # if the collect wrote no clear_refs
         base = self.base
@@ -334,10 +326,9 @@ class SimExecutor(Executor):
 
     def close(self) -> None:
         try:
-            if self.tracker is not None:
-                self.tracker.close()
+            self.tracker.close()
         finally:
-            for obj, attr, value in reversed(self.restore):   # TRANSITIONAL
+            for obj, attr, value in reversed(self.restore):   # TRANSITIONAL: _legacy_sim
                 setattr(obj, attr, value)
             self.sim.exit()
 
