@@ -75,9 +75,11 @@ def _byte_view(buf: Any, what: str) -> memoryview:
         raise TypeError(f"{what} must be a writable buffer (numpy array, mmap, bytearray, "
                         f"pagescan.allocate()), not {type(buf).__name__}") from None
     if mv.readonly:
+        mv.release()
         raise TypeError(f"{what} is read-only")
-    if not mv.contiguous:
-        raise ValueError(f"{what} must be contiguous")
+    if not mv.c_contiguous:
+        mv.release()
+        raise ValueError(f"{what} must be C-contiguous")
     return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 
@@ -203,12 +205,10 @@ class _Base:
         """Wait for a save in flight; a failure not yet seen by its caller is raised."""
         p = self._pending
         if p is not None:
-            try:
-                p.wait()
-            except SaveFailed:
-                if raise_error and not p._seen:
-                    p._seen = True
-                    raise
+            p._join()
+            if p._error is not None and raise_error and not p._seen:
+                p._seen = True
+                raise p._error
 
     def _prepare(self) -> None:
         """Before a save: the previous one is over; a torn tail is cut off."""
@@ -283,6 +283,11 @@ class PendingSave:
         self._done = False
         self._seen = False
 
+    @property
+    def pid(self) -> int:
+        """The writer process (0 for an inline save)."""
+        return self._pid
+
     #: bytes of buffer contents in this save
     @property
     def data_bytes(self) -> int:
@@ -299,6 +304,13 @@ class PendingSave:
 
     def wait(self) -> int:
         """Wait for the child; the save's number, or :class:`SaveFailed`."""
+        self._join()
+        self._seen = True
+        if self._error is not None:
+            raise self._error
+        return self.number
+
+    def _join(self) -> None:
         if not self._done:
             while True:
                 try:
@@ -307,10 +319,6 @@ class PendingSave:
                 except InterruptedError:  # pragma: no cover - PEP 475 retries
                     continue
             self._finish(status)
-        self._seen = True
-        if self._error is not None:
-            raise self._error
-        return self.number
 
     def _finish(self, status: int) -> None:
         message = b""
@@ -349,17 +357,22 @@ class Checkpoint(_Base):
         from ..tracker import PartialPageWarning, track
         self._fd = -1
         self._tracker = None
+        self._view: memoryview | None = None
         view = _byte_view(buf, "buf")
         if view.nbytes == 0:
             raise SizeMismatch("the buffer is empty: nothing to checkpoint")
         if mode not in ("auto", "fork", "inline"):
             raise ValueError(f"mode must be 'auto', 'fork' or 'inline', not {mode!r}")
         header = fmt.Header(view.nbytes, PAGE_SIZE, uuid.uuid4().bytes, time.time())
-        self._open_file(os.fspath(path), header)
+        try:
+            self._open_file(os.fspath(path), header)
+        except BaseException:
+            view.release()
+            raise
+        self._view = view
         try:
             if restore and self._index.saves:
                 _restore_into(self._fd, self._index, None, view, self.path)
-            self._view = view
             with warnings.catch_warnings():
                 # a buffer that does not start or end on a page boundary shares its edge
                 # pages: writes next to it only make a save a little larger
@@ -421,6 +434,7 @@ class Checkpoint(_Base):
 
     def _save_inline(self, number: int, base: bool, runs: Runs, wait: bool) -> Any:
         view = self._view
+        assert view is not None
         try:
             end = fmt.write_save(self._fd, self._end, number, base, runs,
                                  lambda off, n: bytes(view[off:off + n]))
@@ -436,6 +450,7 @@ class Checkpoint(_Base):
 
     def _save_fork(self, number: int, base: bool, runs: Runs, wait: bool) -> Any:
         assert self._tracker is not None
+        assert self._view is not None
         r_runs, w_runs = os.pipe()
         r_status, w_status = os.pipe()
         pid = os.fork()
@@ -470,8 +485,13 @@ class Checkpoint(_Base):
 
     def _release(self) -> None:
         t, self._tracker = self._tracker, None
-        if t is not None:
-            t.close()
+        try:
+            if t is not None:
+                t.close()
+        finally:
+            view, self._view = self._view, None
+            if view is not None:
+                view.release()              # the buffer can be closed/resized again
 
 
 def _child(fd: int, pos: int, number: int, base: bool, view: memoryview, r_runs: int,
@@ -560,7 +580,10 @@ def restore(path: str | os.PathLike[str], into: Any = None, *,
             out = into
             if view.nbytes != length:
                 raise SizeMismatch(f"{p} holds {length} bytes; `into` has {view.nbytes}")
-        _restore_into(fd, index, save, view, p)
+        try:
+            _restore_into(fd, index, save, view, p)
+        finally:
+            view.release()
         return out
     finally:
         os.close(fd)
