@@ -400,18 +400,33 @@ def test_simulate_none_leaves_missing_backends_out():
             assert p.reason in lo["reason"]
 
 
-def test_sim_executor_restores_the_softdirty_module():
+@pytest.mark.parametrize("mechanism", sorted(compare.SIM_MODELS))
+def test_sim_executor_runs_the_real_backend_untouched(mechanism):
+    """A simulated row is the mechanism's real backend over the simulated kernel,
+    reached through the public API: no backend module is patched, before, during or
+    after the run."""
     _sim_ok()
-    from pagescan.backends import softdirty as sd
-    before = (sd._probe_result, sd.target_factory)
+
+    def backend_modules() -> dict:
+        return {name: {k: id(v) for k, v in vars(mod).items()}
+                for name, mod in list(sys.modules.items())
+                if name.startswith("pagescan.backends") and mod is not None}
+    before = backend_modules()
     w = next(w for w in build_workloads(1024) if w.name == "sparse")
-    ex = compare.SimExecutor("softdirty", w)
+    ex = compare.SimExecutor(mechanism, w)
     try:
+        assert ex.tracker.backend == "simulator" and ex.tracker.mechanism == mechanism
+        assert not ex.tracker.capabilities.real
+        during = backend_modules()
         res = run_workload(w, ex)
     finally:
         ex.close()
-    assert (sd._probe_result, sd.target_factory) == before
+    after = backend_modules()
+    for name, attrs in before.items():
+        for state in (during, after):
+            assert {k: state[name].get(k) for k in attrs} == attrs, name
     assert res["tally"]["lost"] == res["tally"]["fp"] == 0
+    assert res["tally"]["tp"] > 0
 
 
 def test_watch_demo_simulated():

@@ -24,7 +24,6 @@ import pagescan
 
 from ..constants import CLEAR_REFS_SOFT_DIRTY, MADV_DONTNEED, MADV_HUGEPAGE, PAGE_SIZE
 from ..kernel import LinuxKernel
-from . import _legacy_sim
 from .workloads import HUGE, Workload, runs_of
 
 __all__ = ["SIM_MODELS", "Executor", "RealExecutor", "SimExecutor", "WorkloadError",
@@ -242,12 +241,8 @@ class SimExecutor(Executor):
         self._inside: list[int] = []          # stores that land inside the next collect
         self._landed_at_clear_refs = False
         self.sim.on_clear_refs = self._at_clear_refs
-        self.restore: list[tuple[Any, str, Any]] = []
-        if mechanism in _legacy_sim.LEGACY:     # TRANSITIONAL: see _legacy_sim
-            self.tracker = _legacy_sim.track(self, w.thp)
-        else:
-            self.tracker = pagescan.track((self.base, length), backend="simulator",
-                                          pid=self.sim.pid, thp=w.thp, mechanism=mechanism)
+        self.tracker = pagescan.track((self.base, length), backend="simulator",
+                                      pid=self.sim.pid, thp=w.thp, mechanism=mechanism)
         self.atomic = bool(self.tracker.capabilities.atomic_reset)
 
     def _at_clear_refs(self) -> None:
@@ -328,8 +323,6 @@ class SimExecutor(Executor):
         try:
             self.tracker.close()
         finally:
-            for obj, attr, value in reversed(self.restore):   # TRANSITIONAL: _legacy_sim
-                setattr(obj, attr, value)
             self.sim.exit()
 
 
