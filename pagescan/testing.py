@@ -9,6 +9,15 @@ Subclass :class:`BackendConformance` in a pytest module and provide a
         def harness(self):
             return RealHarness("mine")
 
+A backend written against :class:`pagescan.kernel.Kernel` runs on the simulator
+too: :class:`SimHarness` tracks simulated memory with ``backend="simulator",
+mechanism="mine"``, i.e. your backend's own code over a
+:class:`~pagescan.simulator.SimKernel`::
+
+    @pytest.fixture(params=[RealHarness, SimHarness])
+    def harness(self, request):
+        return request.param("mine")
+
 The suite needs only the standard library (it also runs inside the qemu guests
 of the kernel lane, where importing numpy is slow).
 """
@@ -28,7 +37,7 @@ from pagescan.errors import OverlapError, RangeError, TrackerClosed
 
 PS = mmap.PAGESIZE
 
-__all__ = ["BackendConformance", "Harness", "RealHarness", "pages_of"]
+__all__ = ["BackendConformance", "Harness", "RealHarness", "SimHarness", "pages_of"]
 
 
 def pages_of(regions: Any, base: int) -> set[int]:
@@ -100,6 +109,43 @@ class RealHarness(Harness):
         self._maps.pop(address).close()
 
 
+class SimHarness(Harness):
+    """Simulated memory (:class:`pagescan.simulator.SimProcess`), tracked with
+    ``backend="simulator"`` and the ``mechanism`` given: that backend's own code over
+    a :class:`~pagescan.simulator.SimKernel`. ``config``: the simulated kernel (a
+    :class:`~pagescan.simulator.KernelConfig`; default: the reference kernel)."""
+
+    backend = "simulator"
+
+    def __init__(self, mechanism: str = "uffd", config: Any = None) -> None:
+        from pagescan.simulator import SimProcess
+        self.mechanism = mechanism
+        self.sim = SimProcess(config=config)
+        self.sizes: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"SimHarness({self.mechanism!r})"
+
+    def alloc(self, npages: int) -> int:
+        addr = int(self.sim.mmap(npages * PS))
+        self.sizes[addr] = npages * PS
+        return addr
+
+    def write(self, address: int, value: int = 1) -> None:
+        self.sim.write(address)
+
+    def free(self, address: int) -> None:
+        self.sim.munmap(address, self.sizes.pop(address))
+
+    def track(self, address: int, length: int, **kw: Any) -> pagescan.Tracker:
+        return pagescan.track((address, length), backend="simulator", pid=self.sim.pid,
+                              mechanism=self.mechanism, **kw)
+
+    def alloc_write_watch(self, size: int) -> Any:
+        return writewatch.alloc_write_watch(size, backend="simulator", pid=self.sim.pid,
+                                            mechanism=self.mechanism)
+
+
 class BackendConformance:
     """The shared tests. Subclasses provide the ``harness`` fixture."""
 
@@ -116,6 +162,8 @@ class BackendConformance:
     def test_untouched_pages_never_read_as_written(self, harness: Harness, mem: int) -> None:
         with harness.track(mem, self.NPAGES * PS) as t:
             assert t.backend == harness.backend
+            assert t.mechanism == getattr(harness, "mechanism", harness.backend)
+            assert t.capabilities.real == (harness.backend != "simulator")
             assert len(t.written()) == 0
 
     def test_writes_are_reported_exactly(self, harness: Harness, mem: int) -> None:

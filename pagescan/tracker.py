@@ -149,7 +149,16 @@ class Tracker:
 
     @property
     def capabilities(self) -> Capabilities:
+        """What this tracker's mechanism can do (with the simulator: the simulated
+        mechanism's capabilities, ``real=False``)."""
         return self._live().capabilities
+
+    @property
+    def mechanism(self) -> str:
+        """The tracking mechanism: the backend's name, or for ``backend="simulator"``
+        the mechanism simulated (``"uffd"``, ``"softdirty"``, ``"mprotect"``)."""
+        backend = self._live()
+        return str(getattr(backend, "mechanism", backend.name))
 
     @property
     def closed(self) -> bool:
@@ -226,6 +235,22 @@ class Tracker:
         backend = self._live()
         s, e = self._range(start, end)
         backend.reset(s, e)
+
+    def mark_written(self, start: int | None = None, end: int | None = None) -> None:
+        """Report that ``[start, end)`` (default: everything tracked) is being written by
+        something the mechanism cannot see: the kernel (``readinto()`` into tracked
+        memory) or a device. Call it before such a write: the pages read as written,
+        and with the mprotect backend they become writable, so the kernel's write
+        does not fail with EFAULT. A no-op for backends that see every write
+        (``capabilities.kernel_writes_seen``)."""
+        backend = self._live()
+        s, e = self._range(start, end)
+        backend.mark_written(s, e)
+
+    def stats(self) -> dict[str, Any]:
+        """The backend's statistics for this tracker (faults taken, pages coarsened,
+        ...); ``{}`` for backends that keep none."""
+        return dict(self._live().stats())
 
     def offsets(self, regions: Iterable[Iterable[int]]) -> list[tuple[int, int]]:
         """Regions as ``(start, end)`` byte offsets into the tracked object, clipped to

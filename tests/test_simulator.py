@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import bisect
 import errno
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pagescan
-from pagescan import HOLE, Category, Masks, simulator as S, writewatch
+from pagescan import HOLE, Category, Masks, simulator as S
 from pagescan.errors import NoSuchProcess, OverlapError, RangeError
 from pagescan.simulator import (MADV_DONTNEED, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
                                 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT, MAP_ANONYMOUS,
@@ -32,7 +31,6 @@ from pagescan.simulator import (MADV_DONTNEED, MADV_GUARD_INSTALL, MADV_GUARD_RE
                                 MREMAP_FIXED, MREMAP_MAYMOVE, PAGE_SIZE as P,
                                 PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, PROT_READ,
                                 PROT_WRITE, KernelConfig, SimProcess)
-from pagescan.testing import BackendConformance, Harness
 
 BASE = 0x7F0000000000
 RW = PROT_READ | PROT_WRITE
@@ -563,53 +561,8 @@ def test_soft_dirty_model():
 # ------------------------------------------------------------------ the backend
 
 
-class SimWatched:
-    """A write-watched allocation in a simulated process (for the suite's test)."""
-
-    def __init__(self, sim: SimProcess, size: int) -> None:
-        self.size = -(-size // P) * P
-        self.sim = sim
-        self.address = sim.mmap(self.size)
-        self.tracker = sim.track(self.address, self.size)
-        with writewatch._lock:
-            bisect.insort(writewatch._starts, self.tracker.start)
-            writewatch._allocs[self.tracker.start] = self  # type: ignore[assignment]
-
-    def close(self) -> None:
-        writewatch._forget(self)  # type: ignore[arg-type]
-        self.tracker.close()
-        self.sim.munmap(self.address, self.size)
-
-
-class SimHarness(Harness):
-    backend = "simulator"
-
-    def __init__(self) -> None:
-        self.sim = SimProcess()
-        self.sizes: dict[int, int] = {}
-
-    def alloc(self, npages: int) -> int:
-        addr = self.sim.mmap(npages * P)
-        self.sizes[addr] = npages * P
-        return addr
-
-    def write(self, address: int, value: int = 1) -> None:
-        self.sim.write(address)
-
-    def free(self, address: int) -> None:
-        self.sim.munmap(address, self.sizes.pop(address))
-
-    def track(self, address: int, length: int, **kw: Any) -> pagescan.Tracker:
-        return self.sim.track(address, length, **kw)
-
-    def alloc_write_watch(self, size: int) -> Any:
-        return SimWatched(self.sim, size)
-
-
-class TestSimulatorConformance(BackendConformance):
-    @pytest.fixture
-    def harness(self):
-        return SimHarness()
+# the shared conformance suite runs on every simulated mechanism in
+# tests/test_conformance.py (SimHarness)
 
 
 def test_probe_and_capabilities():
