@@ -33,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .._types import Category
+from .. import Category
 from ..errors import AccessDenied, BackendUnavailable, NoSuchProcess, PagescanError
 from .exits import (EXIT_ACCESS, EXIT_ERROR, EXIT_GONE, EXIT_INTERRUPTED, EXIT_OK,
                     EXIT_UNAVAILABLE, EXIT_USAGE, Exit, UsageError)

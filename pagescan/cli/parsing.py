@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._types import ALL_CATEGORIES, Category
+from .. import ALL_CATEGORIES, Category
 from ..constants import PAGE_SIZE, USER_ADDRESS_LIMIT
 
 __all__ = ["parse_categories", "parse_duration", "parse_pid", "parse_range", "parse_size",

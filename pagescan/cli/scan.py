@@ -16,7 +16,7 @@ import pagescan
 
 from .. import procfs
 from .._describe import category_names
-from .._types import ALL_CATEGORIES, Masks
+from .. import ALL_CATEGORIES, Masks
 from ..constants import PAGE_SIZE, PM_PFN_MASK, PM_PRESENT, USER_ADDRESS_LIMIT
 from ..errors import AccessDenied, NoSuchProcess, PagescanError
 from ..kernel import LinuxKernel
