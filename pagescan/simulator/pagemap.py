@@ -58,7 +58,7 @@ class Pagemap(UffdMixin):
                      max_pages: int = 0, vec_len: int = 512, *, vec: int | None = None,
                      size: int = PM_SCAN_ARG_SIZE) -> tuple[Any, int]:
         """Exactly one PAGEMAP_SCAN ioctl, as the kernel answers it:
-        ``(RegionArray, walk_end)`` (walk_end stale or not, KERNEL-SPEC §4).
+        ``(RegionArray, walk_end)`` (walk_end stale or not: docs/kernel.md, 'walk_end').
 
         ``vec`` is the user address of the output array (default: a valid one; 0
         for NULL), ``size`` the argument's size: they exist to reach the kernel's
@@ -209,7 +209,7 @@ class Pagemap(UffdMixin):
         pass starts there with an empty buffer. That changes no region (a new region
         began there anyway), so one scan gives the regions; the restart points are
         the starts of regions 513, 1025, ... The kernel leaves walk_end at the last
-        of them when a later pass completes the range (KERNEL-SPEC §4).
+        of them when a later pass completes the range (docs/kernel.md, 'walk_end').
 
         ``breaks``: pages where a region must start anew (a THP split and redone
         per PTE by WP_MATCHING leaves its output slot emptied, not merged)."""

@@ -19,7 +19,8 @@ import pytest
 
 import pagescan
 from pagescan import AccessDenied, Category, Masks, NoSuchProcess
-from pagescan.backends.softdirty import USER_TOP, SoftDirtyBackend
+from pagescan.backends.softdirty import SoftDirtyBackend
+from pagescan.constants import USER_ADDRESS_LIMIT as USER_TOP
 from pagescan.testing import BackendConformance, RealHarness
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
