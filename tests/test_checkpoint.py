@@ -10,6 +10,7 @@ order, so a torn copy is visible). Synchronisation is by pipes and conditions on
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import random
@@ -592,3 +593,65 @@ def test_saves_are_snapshots_of_one_instant_while_threads_write(tmp_path: Path,
     first, later = (np.frombuffer(ck.restore(path, save=n), dtype=np.uint64)[0]
                     for n in (1, rounds))
     assert later > first                         # the writers ran during the saves
+
+
+# ------------------------------------------------------------------------ another process
+
+
+def test_read_process_reads_another_process(tmp_path: Path) -> None:
+    from pagescan.checkpoint._process import read_process
+    m = mmap.mmap(-1, 3 * P, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m[:] = bytes(range(256)) * (3 * P // 256)
+    anchor = ctypes.c_char.from_buffer(m)
+    addr = ctypes.addressof(anchor)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # pragma: no cover - child
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        out = bytearray(P + 100)
+        read_process(pid, [(addr + P, P), (addr + 50, 100)], out)
+        assert out[:P] == m[P:2 * P] and out[P:] == m[50:150]
+        with pytest.raises(pagescan.RangeError, match="not mapped"):
+            read_process(pid, [(addr, P), (0x1000, 100)], bytearray(P + 100))
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+    with pytest.raises(pagescan.NoSuchProcess):
+        read_process(pid, [(addr, 10)], bytearray(10))
+    del anchor
+    m.close()
+
+
+def test_checkpoint_process_needs_a_backend_for_other_processes(tmp_path: Path) -> None:
+    path = tmp_path / "p.ckpt"
+    with pytest.raises(pagescan.BackendUnavailable, match="another process"):
+        ck.checkpoint_process(os.getppid(), path, [(0x10000, 0x20000)], backend="uffd")
+    if not pagescan.probe("softdirty").ok:
+        with pytest.raises(pagescan.BackendUnavailable, match="another process"):
+            ck.checkpoint_process(os.getppid(), path, [(0x10000, 0x20000)])
+    with pytest.raises(pagescan.RangeError):
+        ck.checkpoint_process(os.getppid(), path, [(0x10001, 0x20000)])
+    assert not path.exists()
+
+
+def test_cli_checkpoint_info_and_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    import json
+
+    from pagescan.cli import main
+    path = tmp_path / "cli.ckpt"
+    _three_saves(path)
+    assert main(["checkpoint", "--info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "3 saves" in text and "save    3 delta" in text
+    assert main(["checkpoint", "--info", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["kind"] for s in doc["saves"]] == ["base", "delta", "delta"]
+    assert main(["checkpoint", "123"]) == 2
+    assert main(["checkpoint", "123", str(tmp_path / "n.ckpt")]) == 2      # no --range
+    assert "--range" in capsys.readouterr().err
+    (tmp_path / "junk").write_bytes(b"junk" * 30)
+    assert main(["checkpoint", "--info", str(tmp_path / "junk")]) == 1
+    assert "not a pagescan checkpoint" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import KernelError, RangeError
+from ..errors import BackendUnavailable, KernelError, RangeError
 from ..memory import PAGE_SIZE
 from . import _Base, merge
 from . import _format as fmt
@@ -81,6 +81,35 @@ def read_process(pid: int, parts: Sequence[tuple[int, int]], out: bytearray) -> 
     del buf
 
 
+def _other_process_backend(name: str) -> str:
+    """``"auto"``: the highest-priority backend that works here and can track another
+    process (softdirty); else ``name`` unchanged."""
+    from ..backends import backend_class, backend_names, probe
+    if name != "auto":
+        if not backend_class(name).capabilities.other_processes:
+            raise BackendUnavailable(name, "it cannot track another process's memory "
+                                     "(capabilities.other_processes is False); softdirty can")
+        return name
+    found = []
+    reasons = []
+    for n in backend_names():
+        p = probe(n)
+        try:
+            cls = backend_class(n)
+        except Exception as err:  # noqa: BLE001 - a backend that fails to load
+            reasons.append(f"{n}: {err}")
+            continue
+        caps = cls.capabilities
+        if p.ok and caps.other_processes and caps.real:
+            found.append((cls.priority, n))
+        elif caps.other_processes and caps.real:
+            reasons.append(f"{n}: {p.reason}")
+    if not found:
+        raise BackendUnavailable("auto", "no backend here can track another process; "
+                                 + "; ".join(reasons))
+    return max(found)[1]
+
+
 class ProcessCheckpoint(_Base):
     """An open checkpoint of ranges of another process. Create it with
     :func:`checkpoint_process`."""
@@ -109,14 +138,13 @@ class ProcessCheckpoint(_Base):
         self.segments = tuple(segs)
         header = fmt.Header(sum(n for _, n in segs), PAGE_SIZE, uuid.uuid4().bytes,
                             time.time(), self.segments)
-        self._open_file(os.fspath(path), header)
+        backend = _other_process_backend(backend)
         try:
-            for a, n in segs:
+            for a, n in segs:                  # first: no file is made if this fails
                 self._trackers.append(track((a, n), pid=pid, backend=backend, **options))
+            self._open_file(os.fspath(path), header)
         except BaseException:
             self._release()
-            os.close(self._fd)
-            self._fd = -1
             raise
         #: how saves read the pages: with the process stopped (freeze) or running
         self.mode = "frozen" if freeze else "running"

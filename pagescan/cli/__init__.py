@@ -9,6 +9,8 @@
   total (QEMU's calc-dirty-rate, for a process) (:mod:`pagescan.cli.watch`).
 * ``pagescan compare``: the built-in workloads on every backend, with ground
   truth (:mod:`pagescan.compare`; the options in :mod:`pagescan.cli.compare`).
+* ``pagescan checkpoint PID --range A-B FILE``: incremental checkpoints of ranges
+  of a process (:mod:`pagescan.cli.checkpoint`, :mod:`pagescan.checkpoint`).
 
 Argument parsers are in :mod:`pagescan.cli.parsing`, what is printed in
 :mod:`pagescan.cli.output`. Exit codes (the same for every subcommand;
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     compare_cli.add_arguments(c)
     c.set_defaults(func=compare_cli.cmd_compare, parser=c)
+
+    from . import checkpoint as checkpoint_cli
+    k = sub.add_parser("checkpoint", help="incremental checkpoints of ranges of a process",
+                       description=checkpoint_cli.DESCRIPTION, epilog=epilog)
+    checkpoint_cli.add_arguments(k)
+    k.set_defaults(func=checkpoint_cli.cmd_checkpoint, parser=k)
     return p
 
 
