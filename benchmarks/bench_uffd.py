@@ -227,7 +227,7 @@ def _ops(arena: H.Arena, *, reset: bool) -> dict[str, Step]:
     """The scan (reset=False: written()) or collect (reset=True) of each side."""
     t = arena.tracker
     flags = _core.PM_SCAN_CHECK_WPASYNC | (_core.PM_SCAN_WP_MATCHING if reset else 0)
-    pm, s, e = t._backend._pm, t.start, t.end
+    pm, s, e = t._backend.kernel.pagemap_fd, t.start, t.end
 
     def core():
         return _core.pm_scan(pm, s, e, flags, WRITTEN_MASKS)

@@ -471,6 +471,12 @@ class LinuxKernel(Kernel):
     def probe_cache(self) -> dict[str, Any]:
         return _REAL_CACHE
 
+    @property
+    def pagemap_fd(self) -> int:
+        """The open ``/proc/PID/pagemap`` descriptor (for benchmarks and tools that
+        call the core's ``pm_scan`` directly)."""
+        return self._fd("pagemap")
+
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name, -1)
         if fd < 0:
