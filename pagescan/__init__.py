@@ -28,5 +28,16 @@ __all__ = [
     "BackendUnavailable", "Category", "KernelError", "Masks", "Memory", "NoSuchProcess",
     "OverlapError", "PageRegion", "PagescanError", "PartialPageWarning", "RangeError",
     "RegionArray", "ScanResult", "Tracker", "TrackerClosed", "allocate", "backend_names",
-    "coalesce", "pagemap_to_categories", "probe", "probe_all", "scan_pages", "track",
+    "checkpoint", "coalesce", "pagemap_to_categories", "probe", "probe_all", "scan_pages",
+    "track",
 ]
+
+#: submodules imported on first use, so that ``import pagescan`` stays fast
+_LAZY_SUBMODULES = frozenset({"checkpoint"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
