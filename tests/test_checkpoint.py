@@ -655,3 +655,11 @@ def test_cli_checkpoint_info_and_usage(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "junk").write_bytes(b"junk" * 30)
     assert main(["checkpoint", "--info", str(tmp_path / "junk")]) == 1
     assert "not a pagescan checkpoint" in capsys.readouterr().err
+
+
+def test_import_pagescan_does_not_load_checkpoint() -> None:
+    code = ("import sys, pagescan; assert 'pagescan.checkpoint' not in sys.modules; "
+            "assert pagescan.checkpoint.open; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out == "ok\n"
