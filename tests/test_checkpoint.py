@@ -663,3 +663,17 @@ def test_import_pagescan_does_not_load_checkpoint() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert out == "ok\n"
+
+
+def test_a_writer_reaped_by_someone_else(tmp_path: Path) -> None:
+    """A SIGCHLD handler that reaps every child takes the writer's exit status: the
+    save is judged by what the writer reported through its pipe."""
+    mem = pagescan.allocate(8 * P)
+    path = tmp_path / "reaped.ckpt"
+    with ck.open(path, mem) as c:
+        c.save()
+        mem[P] = 1
+        pending = c.save(wait=False)
+        os.waitpid(pending.pid, 0)                # what such a handler does
+        assert pending.wait() == 2
+    assert ck.restore(path) == bytes(mem)

@@ -296,7 +296,10 @@ class PendingSave:
     def done(self) -> bool:
         """Whether the child has finished (without waiting)."""
         if not self._done:
-            pid, status = os.waitpid(self._pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self._pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self._pid, -1
             if pid == 0:
                 return False
             self._finish(status)
@@ -312,12 +315,11 @@ class PendingSave:
 
     def _join(self) -> None:
         if not self._done:
-            while True:
-                try:
-                    _, status = os.waitpid(self._pid, 0)
-                    break
-                except InterruptedError:  # pragma: no cover - PEP 475 retries
-                    continue
+            try:
+                _, status = os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                # reaped by someone else (a SIGCHLD handler): the status pipe tells
+                status = -1
             self._finish(status)
 
     def _finish(self, status: int) -> None:
@@ -332,14 +334,16 @@ class PendingSave:
         owner = self._owner
         if owner._pending is self:
             owner._pending = None
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and message == b"ok":
+        exited_ok = status == -1 or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        if exited_ok and message == b"ok":
             owner._finished(self.number, self._end)
             return
-        if os.WIFSIGNALED(status):
+        if status != -1 and os.WIFSIGNALED(status):
             why = f"the writer process was killed by signal {os.WTERMSIG(status)}"
         else:
-            why = (message.decode(errors="replace") or
-                   f"the writer process exited with status {os.waitstatus_to_exitcode(status)}")
+            why = (message.decode(errors="replace") or (
+                "the writer process ended without reporting" if status == -1 else
+                f"the writer process exited with status {os.waitstatus_to_exitcode(status)}"))
         owner._failed(self._runs, self._base)
         self._error = SaveFailed(f"save {self.number} of {owner.path} failed: {why}")
 
