@@ -3,6 +3,7 @@
 
     python vm/lane.py --install-deps                       # once per machine (apt, root)
     python vm/lane.py [--kernels 6.1,6.12] [--cache DIR] -- [pytest args]
+    python vm/lane.py --kernels 6.12 --run [--out FILE] -- COMMAND [ARGS...]
 
 For each kernel series the lane resolves Debian's ``linux-image-amd64`` meta-package
 (6.1 from bookworm, 6.12 from bookworm-backports), fetches the image it depends on
@@ -14,10 +15,17 @@ pagescan, from the current directory, with ``CI=true``,
 ``PAGESCAN_VM_KERNEL=<uname -r>`` and ``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``. pytest
 writes a JUnit XML file to a second, writable 9p share; the host reads it.
 
+With ``--run`` the guest runs COMMAND instead of pytest (same environment, from
+``/tmp``); its standard output comes back through the results share and is printed
+(or written to ``--out FILE``; ``{series}`` and ``{release}`` in FILE name one file
+per kernel), its standard error goes to the guest console. A run passes when the
+command exits 0.
+
 Exit status: 0 when, on every kernel, tests ran and none failed, errored or was
-skipped; 1 when a kernel's run fails that check (or the guest crashed or timed
-out: the tail of its console is printed); 2 for a setup problem (missing tools,
-kernel not found in apt's lists: run ``--install-deps``).
+skipped (``--run``: the command exited 0); 1 when a kernel's run fails that check
+(or the guest crashed or timed out: the tail of its console is printed); 2 for a
+setup problem (missing tools, kernel not found in apt's lists: run
+``--install-deps``).
 
 Standard library only. The cache (default ``/work/main/vm-cache``, i.e. ``vm-cache``
 beside ``vm/``, or ``$PAGESCAN_VM_CACHE``) keeps the unpacked kernels and modules;
@@ -58,12 +66,13 @@ BUSYBOX = "/bin/busybox"
 # postinst). Whatever a kernel has built in is skipped.
 ROOT_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay"]
 GUEST_RESULTS = "/lane-results"     # where the writable share is mounted in the guest
-START_MARK = b"lane: pytest starts"
+START_MARK = b"lane: pytest starts"    # (--run: the command starts; same mark)
 CACHE_LAYOUT_VERSION = 1
 
 
 LIVE: set[subprocess.Popen] = set()     # running qemu processes, killed if the lane dies
 STOPPING = threading.Event()
+OUTPUT_LOCK = threading.Lock()          # --run: one guest's output at a time
 
 
 class LaneError(Exception):
@@ -428,8 +437,9 @@ def carried_tmp_paths(pytest_args: list[str]) -> list[str]:
     return sorted(carry)
 
 
-def guest_script(kernel: Kernel, pytest_args: list[str]) -> str:
-    """run.sh, executed by the host's /bin/sh inside the guest's chroot."""
+def guest_script(kernel: Kernel, pytest_args: list[str], command: bool = False) -> str:
+    """run.sh, executed by the host's /bin/sh inside the guest's chroot. ``command``:
+    ``pytest_args`` is a command of its own (``--run``), its stdout kept in the share."""
     py = sys.executable                     # as called (a venv's symlink must stay one)
     path = [str(Path(py).parent), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
             "/usr/bin", "/sbin", "/bin"]
@@ -450,14 +460,19 @@ def guest_script(kernel: Kernel, pytest_args: list[str]) -> str:
     # working directory never shadows the installed package
     args = [os.path.abspath(a) if not a.startswith("-") and os.path.exists(a) else a
             for a in pytest_args]
-    cmd = [py, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
-           f"--junitxml={GUEST_RESULTS}/junit.xml", *args]
+    if command:
+        run_cmd = shlex.join(pytest_args) + f" > {GUEST_RESULTS}/stdout"
+    else:
+        run_cmd = shlex.join([py, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
+                              f"--junitxml={GUEST_RESULTS}/junit.xml", *args])
     lines = ["exec </dev/null 2>&1"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines += [f"cd {shlex.quote(os.getcwd())} || exit 90",
               "cd /tmp || exit 90",
               "echo lane: pytest starts at $(cut -d' ' -f1 /proc/uptime) s",
-              shlex.join(cmd),
+              "echo " + shlex.quote("lane: --run: " + shlex.join(pytest_args)[:200])
+              if command else ":",
+              run_cmd,
               "rc=$?",
               f"echo $rc > {GUEST_RESULTS}/exitcode",
               "exit $rc"]
@@ -486,12 +501,18 @@ def junit_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def judge(results: Path) -> tuple[str, str]:
+def judge(results: Path, command: bool = False) -> tuple[str, str]:
     """(summary, problem) from a finished guest's results share; problem "" means pass."""
     exitcode, junit = results / "exitcode", results / "junit.xml"
     if not exitcode.is_file():
-        return "no results", "the guest stopped before pytest finished"
+        return "no results", ("the guest stopped before the command finished" if command
+                              else "the guest stopped before pytest finished")
     rc = int(exitcode.read_text().strip() or -1)
+    if command:
+        out = results / "stdout"
+        size = out.stat().st_size if out.is_file() else 0
+        summary = f"command exited {rc}, {size} bytes of output"
+        return summary, "" if rc == 0 else f"the command exited {rc}"
     if not junit.is_file():
         return "no results", f"pytest exited {rc} and wrote no JUnit XML"
     try:
@@ -533,7 +554,7 @@ def boot_once(kernel: Kernel, pytest_args: list[str], args: argparse.Namespace,
     results = rundir / "results"
     results.mkdir()
     os.chmod(results, 0o777)
-    (results / "run.sh").write_text(guest_script(kernel, pytest_args))
+    (results / "run.sh").write_text(guest_script(kernel, pytest_args, args.run))
     (results / "carry").write_text("".join(p + "\n" for p in carried_tmp_paths(pytest_args)))
     initrd = rundir / "initramfs.cpio"
     build_initramfs(kernel, initrd)
@@ -568,7 +589,8 @@ def boot_once(kernel: Kernel, pytest_args: list[str], args: argparse.Namespace,
         while proc.poll() is None:
             elapsed = time.monotonic() - t0
             if not started.is_set() and elapsed > args.boot_timeout:
-                problem = f"no pytest after {args.boot_timeout:.0f} s of boot (qemu killed)"
+                problem = (f"no {'command' if args.run else 'pytest'} after "
+                           f"{args.boot_timeout:.0f} s of boot (qemu killed)")
             elif elapsed > args.timeout:
                 problem = f"timed out after {args.timeout:.0f} s (qemu killed)"
             if problem:
@@ -581,14 +603,32 @@ def boot_once(kernel: Kernel, pytest_args: list[str], args: argparse.Namespace,
         proc.wait()
         LIVE.discard(proc)
         reader.join(timeout=10)
-    summary, judged = judge(results)
+    summary, judged = judge(results, args.run)
     problem = problem or judged
     if problem and not (results / "exitcode").is_file():
         problem += f" (qemu exit {proc.returncode})"
+    if args.run and (results / "stdout").is_file():
+        deliver_stdout(kernel, results / "stdout", args.out)
     if not problem and not args.keep:
         shutil.rmtree(rundir, ignore_errors=True)
     return Outcome(kernel, not problem, summary, time.monotonic() - t0, console, problem,
                    started.is_set())
+
+
+def deliver_stdout(kernel: Kernel, path: Path, out: str | None) -> None:
+    """--run: the guest command's stdout to ``out`` (``{series}``/``{release}``
+    expanded) or to this process's stdout."""
+    data = path.read_bytes()
+    if out:
+        dest = Path(out.format(series=kernel.series, release=kernel.release))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        log(f"{kernel.release}: the command's output ({len(data)} bytes) is in {dest}")
+    else:
+        with OUTPUT_LOCK:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
 
 
 def boot(kernel: Kernel, pytest_args: list[str], args: argparse.Namespace,
@@ -606,18 +646,22 @@ def boot(kernel: Kernel, pytest_args: list[str], args: argparse.Namespace,
     return o
 
 
-def report(o: Outcome, tail: int) -> None:
+def report(o: Outcome, tail: int, stream=None) -> None:
+    """The outcome of one guest (``stream``: stdout; stderr with --run, whose stdout
+    is the command's)."""
+    out = stream or sys.stdout
     boots = f", {o.attempts} boots" if o.attempts > 1 else ""
     line = f"vm {o.kernel.release}: {o.summary} ({o.seconds:.1f} s{boots})"
     if o.ok:
-        print(line, flush=True)
+        print(line, file=out, flush=True)
         return
-    print(f"{line} FAILED: {o.problem}", flush=True)
+    print(f"{line} FAILED: {o.problem}", file=out, flush=True)
     text = o.console.read_bytes().decode(errors="replace").splitlines()
-    print(f"--- last {min(tail, len(text))} lines of the guest console ({o.console}) ---")
+    print(f"--- last {min(tail, len(text))} lines of the guest console ({o.console}) ---",
+          file=out)
     for ln in text[-tail:]:
-        print(f"  | {ln}")
-    print("---", flush=True)
+        print(f"  | {ln}", file=out)
+    print("---", file=out, flush=True)
 
 
 # --------------------------------------------------------------------------- main
@@ -632,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
         pytest_args = []
     p = argparse.ArgumentParser(
         prog="python vm/lane.py", description=__doc__.split("\n\n")[0],
-        epilog="Everything after -- goes to pytest (default: tests/vm).")
+        epilog="Everything after -- goes to pytest (default: tests/vm), or with --run is "
+               "the command to run in the guest.")
     p.add_argument("--install-deps", action="store_true",
                    help="first add <codename>-backports to apt and install "
                         f"{' '.join(HOST_PACKAGES)} (root); alone, exit after that")
@@ -659,7 +704,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="console lines shown for a failed guest (default 80)")
     p.add_argument("--keep", action="store_true", help="keep run dirs of passing guests too")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the guest consoles")
+    p.add_argument("--run", action="store_true",
+                   help="everything after -- is a command to run in the guest instead of "
+                        "pytest (passes when it exits 0); its stdout comes back")
+    p.add_argument("--out", metavar="FILE",
+                   help="--run: write the command's stdout to FILE instead of printing it "
+                        "({series} and {release} in FILE: one file per kernel)")
     args = p.parse_args(argv)
+    if args.out and not args.run:
+        p.error("--out needs --run")
+    if args.run and not pytest_args:
+        p.error("--run needs a command after --")
+    if args.out and len([s for s in args.kernels.split(",") if s.strip()]) > 1 \
+            and "{series}" not in args.out and "{release}" not in args.out:
+        p.error("--out with several kernels needs {series} or {release} in FILE")
 
     try:
         if args.install_deps:
@@ -689,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch_only:
         return 0
 
-    pytest_args = pytest_args or ["tests/vm"]
+    pytest_args = pytest_args or ["tests/vm"]      # (--run has a command: checked above)
     prune(runs)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
@@ -727,14 +785,15 @@ def run_guests(kernels: list[Kernel], pytest_args: list[str], args: argparse.Nam
         try:
             for f in futures:
                 outcomes.append(f.result())
-                report(outcomes[-1], args.tail)
+                report(outcomes[-1], args.tail, sys.stderr if args.run else None)
         except LaneError as err:
             print(f"lane: error: {err}", file=sys.stderr)
             return 2
     total = time.monotonic() - t0
     failed = [o.kernel.release for o in outcomes if not o.ok]
     print(f"vm lane: {len(outcomes) - len(failed)}/{len(outcomes)} kernels passed "
-          f"({total:.1f} s)" + (f"; FAILED: {', '.join(failed)}" if failed else ""), flush=True)
+          f"({total:.1f} s)" + (f"; FAILED: {', '.join(failed)}" if failed else ""),
+          file=sys.stderr if args.run else sys.stdout, flush=True)
     return 1 if failed else 0
 
 
