@@ -27,9 +27,12 @@ def warn_pure_python(why: str) -> None:
                          "and PAGESCAN_REQUIRE_COMPILED is set")
     bar = "=" * 78
     msg = textwrap.fill(
-        f"WARNING: pagescan's compiled core (pagescan._core) could not be built: {why}. "
+        f"WARNING: pagescan's compiled core (pagescan._core) could not be built: "
+        f"{why.rstrip('. ')}. "
         "pagescan is installed with its pure-Python core instead "
-        "(pagescan.IMPLEMENTATION == 'python'): the same results, much slower. "
+        "(pagescan.IMPLEMENTATION == 'python'): scan_pages and friends give the same "
+        "results, much slower; the uffd and mprotect backends need the compiled core "
+        "(softdirty and the simulator work without it). "
         "Install a C compiler and the Python headers (e.g. apt install gcc python3-dev) "
         "and reinstall to get the compiled core; 'pagescan doctor' says which core is "
         "loaded.", 78)

@@ -22,6 +22,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +151,14 @@ def populate(addr: int, length: int) -> None:
     impl.madvise(addr, length, MADV_POPULATE_WRITE)
 
 
+def uffd_fd(tracker: Any) -> int:
+    """The userfaultfd of a uffd tracker (a private detail of the backend: its
+    ``pagescan.kernel.Uffd`` object, or a bare fd in older versions)."""
+    be = tracker._backend
+    uf = getattr(be, "_uffd", None)
+    return int(uf.fd) if uf is not None else int(be._fd)
+
+
 class Arena:
     """A populated buffer tracked by pagescan, plus the C side's handles on it."""
 
@@ -169,7 +178,7 @@ class Arena:
         self.array = np.frombuffer(self.buf, np.uint8)
         self.tracker = pagescan.track(self.buf, thp=thp)
         assert self.tracker.backend == "uffd", self.tracker.backend
-        self.uffd = self.tracker._backend._fd             # the C side arms through it
+        self.uffd = uffd_fd(self.tracker)                 # the C side arms through it
         self.pm = c.lib.ub_pagemap_open()                 # and scans through its own fd
         self.res = Result()
 
