@@ -33,7 +33,8 @@ How the probe is bypassed: on a kernel without CONFIG_MEM_SOFT_DIRTY bit 55 is
 never set and ``SoftDirtyBackend.probe()`` fails, but the read path does exactly
 the same work whether the bit is set or not (the answer of written() is just
 empty). So for the module's duration the backend's cached probe result
-(``softdirty._probe_result``, what ``probe()`` returns once computed) is replaced
+(the running kernel's ``probe_cache["softdirty"]``, what ``probe()`` returns once
+computed) is replaced
 by ``Probe(True, ..., details={..., "path": "pagemap_read"})`` (also on a kernel
 *with* soft-dirty, to time the read path rather than the ioctl), the tracker is
 created through the public ``pagescan.track`` and the real probe result is put
@@ -60,6 +61,7 @@ import numpy as np
 import pytest
 
 import pagescan
+from pagescan.kernel import LinuxKernel
 from pagescan import Category, Masks, _core
 from pagescan._impl import IMPLEMENTATION, impl
 from pagescan.backends import softdirty
@@ -190,7 +192,8 @@ def arena():
     base = buf.address
     impl.madvise(base, SIZE, MADV_NOHUGEPAGE)
     impl.madvise(base, SIZE, MADV_POPULATE_WRITE)
-    softdirty._probe_result = forced
+    cache = LinuxKernel().probe_cache           # the running kernel's probe results
+    cache["softdirty"] = forced
     tracker = None
     fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -200,13 +203,14 @@ def arena():
     finally:
         if tracker is not None:
             tracker.close()
-        softdirty._probe_result = real
+        cache["softdirty"] = real
         os.close(fd)
         buf.close()
 
 
 def _kernel_categories(fd: int, addr: int) -> int:
-    return softdirty._kernel_categories(fd, addr)
+    with LinuxKernel() as k:
+        return k.scan_categories()
 
 
 def _as_array(regions) -> np.ndarray:

@@ -39,6 +39,7 @@ from .procfs import Mapping
 
 __all__ = [
     "PAGE_SIZE",
+    "REAL_PROBES",
     "UFFD_FEATURE_WP_ASYNC",
     "UFFD_FEATURE_WP_HUGETLBFS_SHMEM",
     "UFFD_FEATURE_WP_UNPOPULATED",
@@ -324,7 +325,8 @@ class Kernel(abc.ABC):
 
 # ============================================================================ Linux
 
-_REAL_CACHE: dict[str, Any] = {}
+#: what backends' probes found about the running kernel (LinuxKernel.probe_cache)
+REAL_PROBES: dict[str, Any] = {}
 
 
 class _LinuxUffd(Uffd):
@@ -469,7 +471,7 @@ class LinuxKernel(Kernel):
 
     @property
     def probe_cache(self) -> dict[str, Any]:
-        return _REAL_CACHE
+        return REAL_PROBES
 
     @property
     def pagemap_fd(self) -> int:

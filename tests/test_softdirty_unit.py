@@ -739,7 +739,7 @@ def test_probe_folds_live_trackers_of_this_process(monkeypatch):
     try:
         b.register(0x10 * P, 0x14 * P)
         proc.write(0x11 * P)
-        monkeypatch.delitem(kmod._REAL_CACHE, "softdirty", raising=False)
+        monkeypatch.delitem(kmod.REAL_PROBES, "softdirty", raising=False)
         clears = proc.clears
         SoftDirtyBackend.probe()
         assert proc.clears == clears + 1                # the probe's clear went to it

@@ -18,7 +18,7 @@ from ..._impl import IMPLEMENTATION
 from ..._types import Category, Masks
 from ...constants import PM_SOFT_DIRTY
 from ...errors import PagescanError
-from ...kernel import Kernel, LinuxKernel
+from ...kernel import REAL_PROBES, Kernel, LinuxKernel
 from ..base import Probe
 from .masks import SD
 from .target import PATH_READ, PATH_SCAN, live
@@ -31,16 +31,19 @@ KEY = "softdirty"
 
 def probe(kernel: Kernel | None = None) -> Probe:
     """The soft-dirty probe of ``kernel`` (None: the running kernel), cached in it."""
+    if kernel is not None and kernel.real and not kernel.is_self:
+        kernel = None                       # the probe is of the kernel: run it on us
     own = kernel is None
     if kernel is None:
+        cached = REAL_PROBES.get(KEY)       # (inherited through fork, too: a child
+        if cached is not None:              # that can no longer open its own /proc
+            return cached                   # files still knows what works here)
         try:
             kernel = LinuxKernel()
         except (OSError, PagescanError) as err:
             return Probe(False, f"cannot open /proc/self/pagemap: "
                          f"{getattr(err, 'strerror', None) or err} (is /proc mounted?)",
                          {"kernel": os.uname().release})
-    elif kernel.real and not kernel.is_self:
-        return probe(None)                  # the probe is of the kernel: run it on us
     try:
         with _probe_lock:
             cache = kernel.probe_cache
