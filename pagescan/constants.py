@@ -27,6 +27,7 @@ __all__ = [
     "CLEAR_REFS_MAPPED",
     "CLEAR_REFS_MM_HIWATER_RSS",
     "CLEAR_REFS_SOFT_DIRTY",
+    "MADV_COLLAPSE",
     "MADV_DONTNEED",
     "MADV_GUARD_INSTALL",
     "MADV_GUARD_REMOVE",
@@ -154,6 +155,7 @@ MADV_HUGEPAGE: int = 14
 MADV_NOHUGEPAGE: int = 15
 MADV_PAGEOUT: int = 21
 MADV_POPULATE_WRITE: int = 23
+MADV_COLLAPSE: int = 25         # Linux 6.1+: collapse into THPs now (pagescan compare)
 MADV_GUARD_INSTALL: int = 102   # Linux 6.13+
 MADV_GUARD_REMOVE: int = 103    # Linux 6.13+
 

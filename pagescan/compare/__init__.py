@@ -43,12 +43,14 @@ from __future__ import annotations
 
 from .executors import (SIM_MODELS, Executor, RealExecutor, SimExecutor, WorkloadError,
                         sim_playable, sim_status)
-from .report import Progress, format_table, plot
-from .runner import (Row, Tally, measure_speed, plan_rows, run_compare, run_isolated,
-                     run_workload)
-from .workloads import DESCRIPTION, WORKLOAD_NAMES, Op, Workload, build_workloads
+from .report import Progress, combine, emulated, format_table, plot, where
+from .runner import (SCHEMA_VERSION, Row, Tally, environment, measure_speed, plan_rows,
+                     run_compare, run_isolated, run_workload, spread)
+from .workloads import DESCRIPTION, OP_KINDS, WORKLOAD_NAMES, Op, Workload, build_workloads
 
-__all__ = ["DESCRIPTION", "SIM_MODELS", "WORKLOAD_NAMES", "Executor", "Op", "Progress",
-           "RealExecutor", "Row", "SimExecutor", "Tally", "Workload", "WorkloadError",
-           "build_workloads", "format_table", "measure_speed", "plan_rows", "plot",
-           "run_compare", "run_isolated", "run_workload", "sim_playable", "sim_status"]
+__all__ = ["DESCRIPTION", "OP_KINDS", "SCHEMA_VERSION", "SIM_MODELS", "WORKLOAD_NAMES",
+           "Executor", "Op", "Progress", "RealExecutor", "Row", "SimExecutor", "Tally",
+           "Workload", "WorkloadError", "build_workloads", "combine", "emulated",
+           "environment", "format_table", "measure_speed", "plan_rows", "plot",
+           "run_compare", "run_isolated", "run_workload", "sim_playable", "sim_status",
+           "spread", "where"]

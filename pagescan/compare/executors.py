@@ -11,6 +11,7 @@ Both only use public API: what they do to the memory is what a program does.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import os
@@ -22,7 +23,9 @@ from typing import Any
 
 import pagescan
 
-from ..constants import CLEAR_REFS_SOFT_DIRTY, MADV_DONTNEED, MADV_HUGEPAGE, PAGE_SIZE
+from ..constants import (CLEAR_REFS_SOFT_DIRTY, MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE,
+                         MADV_NOHUGEPAGE, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MREMAP_FIXED,
+                         MREMAP_MAYMOVE, PAGE_SIZE, PROT_NONE, PROT_READ, PROT_WRITE)
 from ..kernel import LinuxKernel
 from .workloads import HUGE, Workload, runs_of
 
@@ -55,6 +58,20 @@ class Executor:
     def fork(self, child_pages: Sequence[int]) -> None:
         raise NotImplementedError
 
+    def neighbour(self, npages: int) -> None:
+        """Map ``npages`` new pages right after the buffer (over the reservation),
+        write them, and put the reservation back."""
+        raise NotImplementedError
+
+    def move(self, pages: Sequence[int]) -> None:
+        """mremap() the run ``pages`` past the buffer and back to its place."""
+        raise NotImplementedError
+
+    def collapse(self, pages: Sequence[int]) -> tuple[int, int]:
+        """Collapse the 2 MiB blocks holding ``pages`` into THPs where the kernel
+        lets it: (blocks collapsed, blocks tried)."""
+        raise NotImplementedError
+
     def collect(self) -> set[int]:
         raise NotImplementedError
 
@@ -74,14 +91,19 @@ class RealExecutor(Executor):
     """Real memory of this process, tracked through pagescan.track(backend=...)."""
 
     def __init__(self, backend: str, w: Workload) -> None:
-        self.mem = pagescan.allocate(w.npages * PAGE, thp=w.thp)
+        self.mem = pagescan.allocate((w.npages + w.tail) * PAGE, thp=w.thp)
         self.view = memoryview(self.mem)
         self.base = self.mem.address
+        self.length = w.npages * PAGE
+        self.thp = w.thp
         self.counter = 0
+        self.kernel = LinuxKernel()
+        if w.tail:                               # reserved, never touched: PROT_NONE
+            self.kernel.mprotect(self.base + self.length, w.tail * PAGE, PROT_NONE)
         for first, end in runs_of(w.populate):
             self.view[first * PAGE:end * PAGE:PAGE] = b"\x01" * (end - first)
-        self.kernel = LinuxKernel()
-        self.tracker = pagescan.track(self.mem, backend=backend, thp=w.thp)
+        target: Any = (self.base, self.length) if w.tail else self.mem
+        self.tracker = pagescan.track(target, backend=backend, thp=w.thp)
         self._pipe = os.pipe()
 
     def _value(self) -> bytes:
@@ -136,6 +158,46 @@ class RealExecutor(Executor):
             raise WorkloadError(f"the forked child failed (status {status:#x}): its writes "
                                 "to its own copy did not complete")
 
+    def _map_fixed(self, addr: int, length: int, prot: int) -> None:
+        got = _libc().mmap(addr, length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+        if got != addr:
+            raise WorkloadError(f"mmap(MAP_FIXED) failed: {os.strerror(ctypes.get_errno())}")
+
+    def neighbour(self, npages: int) -> None:
+        addr, length = self.base + self.length, npages * PAGE
+        self._map_fixed(addr, length, PROT_READ | PROT_WRITE)      # a new mapping
+        if not self.thp:     # the advice track(thp=False) gave the buffer: mergeable
+            self.kernel.madvise(addr, length, MADV_NOHUGEPAGE)
+        ctypes.memset(addr, 0x5A, length)
+        self._map_fixed(addr, length, PROT_NONE)                   # the reservation again
+
+    def _mremap(self, src: int, length: int, dst: int) -> None:
+        got = _libc().mremap(src, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+        if got != dst:
+            raise WorkloadError(f"mremap failed: {os.strerror(ctypes.get_errno())}")
+
+    def move(self, pages: Sequence[int]) -> None:
+        (first, end), = runs_of(pages)
+        src, length = self.base + first * PAGE, (end - first) * PAGE
+        dst = self.base + self.length + PAGE       # inside the reservation, one page on
+        self._mremap(src, length, dst)
+        self._mremap(dst, length, src)
+        self._map_fixed(dst, length, PROT_NONE)    # the reservation again
+
+    def collapse(self, pages: Sequence[int]) -> tuple[int, int]:
+        lo, hi = self.base + min(pages) * PAGE, self.base + (max(pages) + 1) * PAGE
+        self.kernel.madvise(lo, hi - lo, MADV_HUGEPAGE)
+        done = tried = 0
+        for blk in range(-(-lo // HUGE) * HUGE, hi - HUGE + 1, HUGE):
+            tried += 1
+            try:
+                self.kernel.madvise(blk, HUGE, MADV_COLLAPSE)
+                done += 1
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EINVAL, errno.ENOMEM, errno.EBUSY):
+                    raise
+        return done, tried
+
     def _pages(self, regions: Any) -> set[int]:
         base = self.base
         return {(a - base) // PAGE for a in regions.addresses(PAGE)}
@@ -177,6 +239,18 @@ class RealExecutor(Executor):
         self.mem.close()
 
 
+
+
+@functools.cache
+def _libc() -> Any:
+    """libc's mmap and mremap (the workloads' own mappings, as a program makes them)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    vp, sz, i = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+    libc.mmap.restype = vp
+    libc.mmap.argtypes = [vp, sz, i, i, i, ctypes.c_long]
+    libc.mremap.restype = vp
+    libc.mremap.argtypes = [vp, sz, sz, i, vp]
+    return libc
 
 
 # ============================================================ the simulator
@@ -229,11 +303,14 @@ class SimExecutor(Executor):
         self.name = mechanism
         self.label = f"{mechanism} (simulated)"
         length = w.npages * PAGE
-        window = -(-(2 * length + 4 * HUGE) // HUGE) * HUGE
+        window = -(-(2 * length + 2 * w.tail * PAGE + 4 * HUGE) // HUGE) * HUGE
         self.sim = _racing_process_class()(
             config=simmod.KernelConfig.host(soft_dirty=True), size=window)
-        self.base = self.sim.mmap(length)
+        self.base = self.sim.mmap(length + w.tail * PAGE)
         self.length = length
+        self.thp = w.thp
+        if w.tail:                               # reserved, never touched: PROT_NONE
+            self.sim.mprotect(self.base + length, w.tail * PAGE, PROT_NONE)
         if w.thp:
             self.sim.madvise(self.base, length, MADV_HUGEPAGE)
         for first, end in runs_of(w.populate):
@@ -289,6 +366,37 @@ class SimExecutor(Executor):
                 child.write(self.base + first * PAGE, (end - first) * PAGE)
         finally:
             child.exit()
+
+    def _map_fixed(self, addr: int, length: int, prot: int) -> None:
+        self.sim.mmap(length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, addr=addr)
+
+    def neighbour(self, npages: int) -> None:
+        addr, length = self.base + self.length, npages * PAGE
+        self._map_fixed(addr, length, PROT_READ | PROT_WRITE)
+        if not self.thp:
+            self.sim.madvise(addr, length, MADV_NOHUGEPAGE)
+        self.sim.write(addr, length)
+        self._map_fixed(addr, length, PROT_NONE)
+
+    def move(self, pages: Sequence[int]) -> None:
+        (first, end), = runs_of(pages)
+        src, length = self.base + first * PAGE, (end - first) * PAGE
+        dst = self.base + self.length + PAGE
+        flags = MREMAP_MAYMOVE | MREMAP_FIXED
+        self.sim.mremap(src, length, length, flags, dst)
+        self.sim.mremap(dst, length, length, flags, src)
+        self._map_fixed(dst, length, PROT_NONE)
+
+    def collapse(self, pages: Sequence[int]) -> tuple[int, int]:
+        """MADV_COLLAPSE is played by the simulator's khugepaged (the same rules for a
+        fully populated block)."""
+        lo, hi = self.base + min(pages) * PAGE, self.base + (max(pages) + 1) * PAGE
+        self.sim.madvise(lo, hi - lo, MADV_HUGEPAGE)
+        done = tried = 0
+        for blk in range(-(-lo // HUGE) * HUGE, hi - HUGE + 1, HUGE):
+            tried += 1
+            done += bool(self.sim.khugepaged_collapse(blk))
+        return done, tried
 
     def collect(self) -> set[int]:
         if self.atomic:

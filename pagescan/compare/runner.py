@@ -25,14 +25,14 @@ import pagescan
 from .._describe import capabilities_json
 from ..backends import backend_class, backend_names, probe
 from ..constants import PAGE_SIZE
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, RangeError
 from .executors import (SIM_MODELS, Executor, RealExecutor, SimExecutor, WorkloadError,
                         sim_playable, sim_status)
 from .report import Progress
 from .workloads import WORKLOAD_NAMES, Workload, build_workloads
 
-__all__ = ["Row", "Tally", "measure_speed", "plan_rows", "run_compare", "run_isolated",
-           "run_workload"]
+__all__ = ["SCHEMA_VERSION", "Row", "Tally", "environment", "measure_speed", "plan_rows",
+           "run_compare", "run_isolated", "run_workload", "spread"]
 
 PAGE = PAGE_SIZE
 
@@ -77,10 +77,33 @@ def run_workload(w: Workload, ex: Executor) -> dict[str, Any]:
     """Carry out ``w`` on ``ex``; the ground truth is kept here, from the operations."""
     tally = Tally()
     notes: list[str] = []
+    counters = dict.fromkeys(("failed_kw", "total_kw", "collapsed", "tried"), 0)
+    t0 = time.perf_counter()
+    try:
+        _play(w, ex, tally, notes, counters)
+    except RangeError as err:
+        # the backend refuses to go on (e.g. the range was remapped under it): an
+        # outcome, not a failure; what it had reported until then is not scored
+        return {"tally": None, "seconds": time.perf_counter() - t0, "notes": notes,
+                "error": None, "refused": f"{type(err).__name__}: {err}"}
+    failed_kw, total_kw = counters["failed_kw"], counters["total_kw"]
+    collapsed, tried = counters["collapsed"], counters["tried"]
+    tally.failed_writes = failed_kw
+    if failed_kw:
+        notes.append(f"{failed_kw} of {total_kw} read() calls into tracked pages failed "
+                     "(EFAULT: the kernel could not write to a write-protected page); "
+                     "the data never arrived")
+    if tried:
+        notes.append(f"MADV_COLLAPSE collapsed {collapsed} of {tried} 2 MiB blocks")
+    return {"tally": tally.as_json(), "seconds": time.perf_counter() - t0, "notes": notes,
+            "error": None, "refused": None}
+
+
+def _play(w: Workload, ex: Executor, tally: Tally, notes: list[str],
+          counters: dict[str, int]) -> None:
+    """The operations of ``w`` on ``ex``, scored into ``tally``."""
     truth: set[int] = set()
     holds_data = set(w.populate)          # pages whose contents are not all zero
-    failed_kw = total_kw = 0
-    t0 = time.perf_counter()
     for op in w.ops:
         pages = op.pages
         if op.kind == "write":
@@ -90,8 +113,8 @@ def run_workload(w: Workload, ex: Executor) -> dict[str, Any]:
         elif op.kind == "kwrite":
             failed = set(ex.kernel_write(pages))
             ok = set(pages) - failed
-            total_kw += len(pages)
-            failed_kw += len(failed)
+            counters["total_kw"] += len(pages)
+            counters["failed_kw"] += len(failed)
             truth |= ok
             holds_data |= ok
         elif op.kind == "discard":
@@ -102,6 +125,14 @@ def run_workload(w: Workload, ex: Executor) -> dict[str, Any]:
             ex.protect(pages, op.arg)
         elif op.kind == "fork":
             ex.fork(pages)
+        elif op.kind == "neighbour":
+            ex.neighbour(op.arg)               # another mapping: no page of the buffer
+        elif op.kind == "move":
+            ex.move(pages)                     # away and back: the contents stay
+        elif op.kind == "collapse":
+            done, n = ex.collapse(pages)       # huge pages or not: the contents stay
+            counters["collapsed"] += done
+            counters["tried"] += n
         elif op.kind == "collect":
             tally.add_epoch(truth, ex.collect())
             truth = set()
@@ -115,22 +146,28 @@ def run_workload(w: Workload, ex: Executor) -> dict[str, Any]:
             notes.append(ex.race_note(len(reports), op.arg))
         else:
             raise AssertionError(f"unknown operation {op.kind!r}")
-    tally.failed_writes = failed_kw
-    if failed_kw:
-        notes.append(f"{failed_kw} of {total_kw} read() calls into tracked pages failed "
-                     "(EFAULT: the kernel could not write to a write-protected page); "
-                     "the data never arrived")
-    return {"tally": tally.as_json(), "seconds": time.perf_counter() - t0, "notes": notes,
-            "error": None}
 
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
+def spread(xs: list[float], scale: float = 1.0) -> dict[str, Any]:
+    """Median, quartiles (inclusive method), min, max and count of ``xs`` (times
+    ``scale``)."""
+    v = sorted(x * scale for x in xs)
+    if not v:
+        return {"n": 0, "median": None, "q1": None, "q3": None, "min": None, "max": None}
+    q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 \
+        else (v[0], v[0], v[0])
+    return {"n": len(v), "median": statistics.median(v), "q1": q1, "q3": q3,
+            "min": v[0], "max": v[-1]}
+
+
 def measure_speed(backend: str, npages: int, repeat: int) -> dict[str, Any]:
     """Arm / scan / reset times and the cost of a first write per page, on real
-    memory of ``npages`` pages (all present), medians of ``repeat`` rounds."""
+    memory of ``npages`` pages (all present): medians of ``repeat`` rounds (after one
+    round of warm-up), and in ``spread`` each one's median, quartiles, min and max."""
     mem = pagescan.allocate(npages * PAGE)
     view = memoryview(mem)
     ones = b"\x01" * npages
@@ -177,11 +214,50 @@ def measure_speed(backend: str, npages: int, repeat: int) -> dict[str, Any]:
         except BufferError:
             pass            # a track() that failed may pin it still: the child exits anyway
     b = min(base)
-    return {"pages": npages, "repeat": repeat,
-            "arm_ms": _median(arm) * 1e3, "scan_ms": _median(scan) * 1e3,
-            "reset_ms": _median(reset) * 1e3,
-            "first_write_us_per_page": max(0.0, (_median(first) - b) / npages * 1e6),
-            "plain_write_us_per_page": b / npages * 1e6, "scan_written_pages": len(sparse)}
+    extra = [max(0.0, f - b) for f in first]
+    spreads = {"arm_ms": spread(arm, 1e3), "scan_ms": spread(scan, 1e3),
+               "reset_ms": spread(reset, 1e3),
+               "first_write_us_per_page": spread(extra, 1e6 / npages)}
+    out: dict[str, Any] = {"pages": npages, "repeat": repeat}
+    out.update({k: v["median"] for k, v in spreads.items()})
+    out.update({"plain_write_us_per_page": b / npages * 1e6,
+                "scan_written_pages": len(sparse), "spread": spreads})
+    return out
+
+
+#: the version of the report's layout (``pagescan compare --json``, docs/compare.md);
+#: raised when a key changes meaning or goes away
+SCHEMA_VERSION = 2
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Where the run happens: what a reader needs to weigh its numbers."""
+    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
+                  if ln.startswith("model name")), None)
+    lane = os.environ.get("PAGESCAN_VM_KERNEL")
+    return {
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "thp": thp.split("[", 1)[1].split("]", 1)[0] if thp and "[" in thp else thp,
+        # the qemu lane (vm/lane.py) sets PAGESCAN_VM_KERNEL in its guests: TCG, a
+        # software emulation; its times are not comparable with a host's
+        "emulated": lane is not None,
+        "where": f"qemu guest (TCG software emulation), kernel {lane}" if lane
+        else "host",
+    }
 
 
 # ============================================================ child processes
@@ -344,21 +420,24 @@ def run_compare(*, npages: int, rounds: int = 3, repeat: int = 3, seed: int = 1,
     for row in rows:
         cells = {}
         total = Tally()
-        errors = 0
+        errors = refused = 0
         for w in wls:
             progress.step(f"{row.label}: {w.title}")
             res = run_isolated(_workload_job(row, w), timeout)
             progress.advance()
             if "ok" in res:
                 cell = res["ok"]
-                t = Tally(**{k: cell["tally"][k] for k in
-                             ("truth", "reported", "tp", "fp", "lost", "failed_writes",
-                              "reported_twice")})
-                total.add(t)
+                if cell["tally"] is None:
+                    refused += 1
+                else:
+                    t = Tally(**{k: cell["tally"][k] for k in
+                                 ("truth", "reported", "tp", "fp", "lost", "failed_writes",
+                                  "reported_twice")})
+                    total.add(t)
             else:
                 errors += 1
                 cell = {"tally": None, "seconds": None, "notes": [],
-                        "error": res.get("error", "failed")}
+                        "error": res.get("error", "failed"), "refused": None}
             cells[w.name] = cell
         speed = None
         speed_error = None
@@ -375,16 +454,20 @@ def run_compare(*, npages: int, rounds: int = 3, repeat: int = 3, seed: int = 1,
                          "probe": {"ok": row.probe_ok, "reason": row.probe_reason},
                          "capabilities": row.capabilities,
                          "totals": total.as_json(), "workloads_failed": errors,
+                         "workloads_refused": refused,
                          "speed": speed, "speed_error": speed_error, "workloads": cells})
     progress.close()
     return {
+        "schema_version": SCHEMA_VERSION,
         "pagescan": pagescan.__version__,
         "implementation": pagescan.IMPLEMENTATION,
         "kernel": platform.release(),
+        "environment": environment(),
         "pages": npages,
         "bytes": npages * PAGE,
         "seed": seed,
         "rounds": rounds,
+        "repeat": repeat,
         "workloads": [{"name": w.name, "title": w.title, "truth": w.truth,
                        "thp": w.thp, "operations": len(w.ops)} for w in wls],
         "rows": out_rows,

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 
 from ..constants import PAGE_SIZE, PROT_READ, PROT_WRITE
 
-__all__ = ["DESCRIPTION", "HUGE", "HUGE_PAGES", "WORKLOAD_NAMES", "Op", "Workload",
-           "build_workloads", "runs_of"]
+__all__ = ["DESCRIPTION", "HUGE", "HUGE_PAGES", "OP_KINDS", "WORKLOAD_NAMES", "Op",
+           "Workload", "build_workloads", "runs_of"]
 
 #: a transparent huge page (PMD), and how many pages it holds
 HUGE = 2 << 20
@@ -25,9 +25,32 @@ HUGE_PAGES = HUGE // PAGE_SIZE
 class Op:
     """One step of a workload. ``pages`` are page indexes into the buffer."""
 
-    kind: str                      # write kwrite discard protect fork collect concurrent
+    # write kwrite discard protect fork collect concurrent neighbour move collapse
+    kind: str
     pages: tuple[int, ...] = ()
-    arg: int = 0                   # protect: the PROT_* bits; concurrent: threads
+    arg: int = 0                   # protect: the PROT_* bits; concurrent: threads;
+    #                                neighbour: pages of the new mapping
+
+
+#: what each kind of operation does (the executors carry them out; ``pages`` are page
+#: indexes into the tracked buffer)
+OP_KINDS = {
+    "write": "the program stores to the pages",
+    "kwrite": "the kernel writes the pages: read() from a pipe into each",
+    "discard": "madvise(MADV_DONTNEED) on the pages (they read as zero afterwards)",
+    "protect": "the program's own mprotect(PROT_*) on the pages",
+    "fork": "fork(); the child writes its copy of the pages and exits",
+    "collect": "collect(reset=True): the pages reported since the last collect",
+    "concurrent": "writer threads store to the pages once each while collects run",
+    "neighbour": "a new anonymous mapping of ``arg`` pages is made right after the "
+                 "buffer (mmap MAP_FIXED over a PROT_NONE reservation: the kernel "
+                 "may merge it with the tracked VMA), written, and unmapped again",
+    "move": "mremap() the run of pages (contiguous) away, past the buffer, and back "
+            "to its place (MREMAP_MAYMOVE|MREMAP_FIXED): the contents do not change",
+    "collapse": "madvise(MADV_HUGEPAGE) and madvise(MADV_COLLAPSE) on each 2 MiB block "
+                "holding the pages: the kernel collapses them into transparent huge "
+                "pages where it can (the contents do not change)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +62,8 @@ class Workload:
     ops: tuple[Op, ...]
     populate: tuple[int, ...]      # pages written before tracking starts
     thp: bool = False              # transparent huge pages kept (MADV_HUGEPAGE, thp=True)
+    tail: int = 0                  # pages of address space reserved after the buffer
+    #                                (PROT_NONE), for "neighbour" and "move"
 
 
 def _write(pages: Iterable[int]) -> Op:
@@ -141,6 +166,46 @@ def build_workloads(npages: int, seed: int = 1, rounds: int = 3) -> list[Workloa
                             "the pages stored to (the first half populated before "
                             "tracking, the second half never touched)", n, tuple(ops),
                             tuple(range(half)), thp=thp))
+
+    r = rng("merge")
+    side = max(16, n // 64)                      # pages of the new neighbour mapping
+    ops = [_write(_sample(r, every, k)), _collect()]
+    for _ in range(rounds - 1):
+        ops += [Op("neighbour", (), side), _write(_sample(r, every, k)), _collect()]
+    ops += [_write(_sample(r, every, k)), _collect()]
+    out.append(Workload("merge", "a new mapping next to the buffer (VMA merge)",
+                        "the pages stored to (a new mapping made, written and unmapped "
+                        "right after the buffer changes none of them)", n, tuple(ops),
+                        every, tail=side + 2))
+
+    r = rng("mremap")
+    run = max(16, n // 64)
+    ops = [_write(_sample(r, every, k)), _collect()]
+    for _ in range(rounds - 1):
+        lo = r.randrange(0, n - run)
+        moved = tuple(range(lo, lo + run))
+        ops += [_write(_sample(r, every, k)), Op("move", moved),
+                _write(_sample(r, every, k) + _sample(r, moved, max(1, run // 4))),
+                _collect()]
+    ops += [_write(_sample(r, every, k)), _collect()]
+    out.append(Workload("mremap", "mremap away and back",
+                        "the pages stored to (a run of pages moved away with mremap and "
+                        "back to its place keeps its contents)", n, tuple(ops), every,
+                        tail=run + 2))
+
+    r = rng("collapse")
+    blocks = [b * HUGE_PAGES for b in range(n // HUGE_PAGES)]
+    ops = [_write(_sample(r, every, k)), _collect()]
+    for _ in range(rounds - 1):
+        ops += [_write(_sample(r, every, k)), Op("collapse", every), _collect(),
+                _write(_sample(r, every, k)), _collect(),
+                Op("discard", tuple(b + HUGE_PAGES // 2 for b in blocks)),
+                _write(_sample(r, every, k)), _collect()]
+    out.append(Workload("thp-collapse", "THP collapse, then split",
+                        "the pages stored to, and the pages the discard zeroed (small "
+                        "pages collapsed into huge ones with MADV_COLLAPSE keep their "
+                        "contents; discarding one page of each then splits it)", n,
+                        tuple(ops), every))
 
     r = rng("fork")
     ops = []
