@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 no such process / exited, 4 access denied,
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import mmap
 import os
@@ -17,11 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+from typing import ClassVar
 
 import pytest
 from conftest import require
 
 import pagescan
+from pagescan.kernel import LinuxKernel
 
 PS = mmap.PAGESIZE
 CATEGORY_NAMES = set(pagescan.Category.__members__)
@@ -595,3 +598,320 @@ def test_watch_ends_cleanly_on_ctrl_c():
     summary = json.loads(out.splitlines()[-1])["summary"]
     assert summary["ended"] == "interrupted" and summary["samples"] >= 1
     assert "Traceback" not in err
+
+
+# ============================================ scan on kernels before 6.15 (issue 12.5)
+
+
+class Pre615Kernel(LinuxKernel):
+    """This machine's kernel as a 6.7-6.14 one at the seam: its PAGEMAP_SCAN refuses
+    (EINVAL) masks that name GUARD (PAGE_IS_GUARD arrived in 6.15), as those kernels
+    do; everything else is the real kernel. Its own probe cache, so that the
+    categories it accepts are probed on it, not taken from the real kernel's."""
+
+    cache: ClassVar[dict] = {}
+    refused: ClassVar[list] = []
+
+    @property
+    def probe_cache(self) -> dict:
+        return self.cache
+
+    def __init__(self, pid: int | None = None) -> None:
+        super().__init__(pid)
+        real = self.pagemap_scan       # the core's pm_scan on this kernel's pagemap fd
+
+        def pagemap_scan(start, end, flags=0, masks=None, max_pages=0, max_regions=None):
+            named = pagescan.ALL_CATEGORIES if masks is None else (
+                masks.inverted | masks.mask | masks.anyof | masks.return_mask)
+            if named & pagescan.Category.GUARD:
+                self.refused.append(named)
+                raise OSError(errno.EINVAL, "PAGEMAP_SCAN: Invalid argument")
+            return real(start, end, flags, masks, max_pages, max_regions)
+        self.pagemap_scan = pagemap_scan
+
+
+@pytest.fixture
+def pre615(monkeypatch):
+    """``pagescan scan`` (in this process) on a kernel without GUARD."""
+    if pagescan.IMPLEMENTATION != "cython":
+        pytest.skip("PAGEMAP_SCAN needs the compiled core")
+    with LinuxKernel() as k:
+        try:
+            k.scan_categories()
+        except OSError as err:
+            require(err.errno != errno.ENOTTY, "the kernel has no PAGEMAP_SCAN (6.7+)")
+            raise
+    import pagescan.cli.scan as scan_module
+    Pre615Kernel.cache = {}
+    Pre615Kernel.refused = []
+    monkeypatch.setattr(scan_module, "LinuxKernel", Pre615Kernel)
+    return Pre615Kernel
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    from pagescan.cli import main
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_scan_on_a_kernel_without_guard_uses_the_categories_it_accepts(target, pre615,
+                                                                         capsys):
+    """Issue 12.5: ``pagescan scan PID`` failed on 6.7-6.14 with ``[Errno 22]
+    PAGEMAP_SCAN``: its default return mask named GUARD. It asks the kernel with the
+    probed categories (Masks.restrict), as the backends do."""
+    p, addr = target
+    code, out, err = _main(capsys, "scan", str(p.pid))
+    assert code == 0, err
+    assert "Errno" not in err and "total:" in out
+    assert "does not know GUARD" in out
+    assert pre615.cache["scan_categories"] == pagescan.ALL_CATEGORIES & ~pagescan.Category.GUARD
+    assert pre615.refused, "the fake kernel was not asked (the test tests nothing)"
+    # the answers are those of the real kernel, without GUARD
+    rng = f"{addr:x}-{addr + 64 * PS:x}"
+    code, out, err = _main(capsys, "scan", str(p.pid), "--range", rng, "--required",
+                           "PRESENT", "--return", "all", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    got = [((a - addr) // PS, (b - addr) // PS, c)
+           for a, b, c in _regions(rep, addr, addr + 64 * PS)]
+    assert [(a, b) for a, b, _ in got] == [(1, 4), (10, 11), (40, 41)]
+    assert all("PRESENT" in c and "GUARD" not in c for _, _, c in got)
+    # a filter naming GUARD: required matches nothing, excluded everything
+    code, out, err = _main(capsys, "scan", str(p.pid), "--range", rng, "--required",
+                           "GUARD", "--json")
+    assert code == 0, err
+    assert json.loads(out)["total"]["pages"] == 0
+    code, out, err = _main(capsys, "scan", str(p.pid), "--range", rng, "--excluded",
+                           "GUARD", "--required", "PRESENT", "--json")
+    assert code == 0, err
+    assert json.loads(out)["total"]["pages"] == 5
+
+
+def test_scan_text_and_json_totals_agree(target):
+    """Issue 12.5: the text said '36 mappings' where the JSON said 39: the text
+    counted the mappings it lists (those with regions), the JSON every mapping
+    scanned ([vvar], [vvar_vclock], [vsyscall] have none)."""
+    p, addr = target
+    for extra in ((), ("--required", "PRESENT"), ("--range", f"{addr:x}-{addr + 64 * PS:x}"),
+                  ("--excluded", "all")):
+        text = run("scan", str(p.pid), *extra)
+        js = run("scan", str(p.pid), "--json", *extra)
+        assert text.returncode == js.returncode == 0, (text.stderr, js.stderr)
+        t = json.loads(js.stdout)["total"]
+        listed = [m for m in json.loads(js.stdout)["mappings"] if m["regions"]]
+        assert t["mappings"] == len(listed)
+        assert t["mappings_scanned"] == len(json.loads(js.stdout)["mappings"])
+        line = next(x for x in text.stdout.splitlines() if x.startswith("total:"))
+        assert (f"total: {t['pages']} pages " in line
+                and f"in {t['regions']} regions of {t['mappings']} mappings" in line), line
+        hidden = t["mappings_scanned"] - t["mappings"]
+        assert (f"({hidden} more without matching pages not listed)" in line) == bool(hidden)
+        # the text lists exactly the mappings the JSON counts
+        heads = [x for x in text.stdout.splitlines() if x[:1] not in (" ", "") and "-" in
+                 x.split()[0] and not x.startswith(("total:", "note:", "Address"))]
+        assert len(heads) == t["mappings"]
+
+
+# A process with 16 pages tracked by the uffd backend (registered for write-protect),
+# page 2 written after arming; prints the buffer's address, waits for stdin to close.
+TRACKED_TARGET = r"""
+import mmap, sys, pagescan
+m = pagescan.allocate(16 * mmap.PAGESIZE)
+t = pagescan.track(m, backend="uffd")
+m[2 * mmap.PAGESIZE] = 1
+print(m.address, flush=True)
+sys.stdin.read()
+t.close()
+m.close()
+"""
+
+
+def test_scan_reports_written_only_where_it_means_something(target, uffd_ok):
+    """Issue 12.5: in memory no userfaultfd registered for write-protect the kernel
+    reports every page WRITTEN ('not write-protected'); by default scan leaves it out
+    there (and says so), keeps it where it means written since the last arm, and
+    shows the kernel's answer with a note when WRITTEN is asked for."""
+    p, addr = target
+    rng = f"{addr:x}-{addr + 64 * PS:x}"
+    rep = json.loads(run("scan", str(p.pid), "--json").stdout)
+    flags = [g["flags"] for m in rep["mappings"] for g in m["regions"]]
+    W, WP = pagescan.Category.WRITTEN, pagescan.Category.WPALLOWED
+    assert flags and not any(f & W and not f & WP for f in flags)
+    assert any("WRITTEN is shown only in memory registered" in n for n in rep["notes"])
+    text = run("scan", str(p.pid), "--range", rng).stdout
+    assert "WRITTEN" in text.split("note:")[1]       # only in the note
+    assert "WRITTEN," not in text.split("note:")[0]
+    # asked for: the kernel's answer, with what it means
+    for args in (("--return", "all"), ("--return", "written,present"),
+                 ("--required", "written")):
+        rep = json.loads(run("scan", str(p.pid), "--range", rng, *args, "--json").stdout)
+        got = _regions(rep, addr, addr + 64 * PS)
+        assert got and all("WRITTEN" in c for _, _, c in got)
+        assert any("says nothing about writes" in n for n in rep["notes"])
+    # registered memory: WRITTEN is the pages written since the arm, shown by default
+    q = subprocess.Popen([sys.executable, "-c", TRACKED_TARGET], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(q.stdout.readline())
+        rep = json.loads(run("scan", str(q.pid), "--range", f"{base:x}-{base + 16 * PS:x}",
+                             "--json").stdout)
+    finally:
+        q.stdin.close()
+        q.wait(timeout=30)
+    got = [((a - base) // PS, (b - base) // PS, c)
+           for a, b, c in _regions(rep, base, base + 16 * PS)]
+    assert [(a, b) for a, b, c in got if "WRITTEN" in c] == [(2, 3)]
+    assert all("WPALLOWED" in c for _, _, c in got)
+    assert not any("says nothing" in n or "shown only" in n for n in rep["notes"])
+
+
+# ================================================= bad input to every option (issue 12.17)
+
+HUGE = str(2**64)
+BAD_NUMBERS = ["inf", "-inf", "nan", "NaN", "-1", "0", HUGE, str(2**70), "1e400", "abc",
+               "", "9" * 5000, "0x10"]
+
+# (arguments before the bad value, the option, the bad values, what the message says)
+BAD_OPTIONS = [
+    (["watch", "--demo"], "--demo-rate",
+     ["inf", "-inf", "nan", "-1", "1e12", "1000001", HUGE, "1e400", "abc", "", "0x10"],
+     "from 0 to 1000000 pages per second"),
+    (["watch", "--demo"], "--demo-size",
+     [*BAD_NUMBERS, "4097", "100000000", "1.5", "64M"], "from 1 to 4096"),
+    (["watch", "--demo"], "--interval", [*BAD_NUMBERS, "1e300", "0.0001s", "31d", "1e9s",
+                                                    "1e400h", "soon"],
+     "from 1ms to 30 days"),
+    (["watch", "--demo"], "--duration", [*BAD_NUMBERS, "1e300", "1us", "-1s"],
+     "from 1ms to 30 days"),
+    (["watch", "--demo"], "--count", ["0", "-1", "abc", "", "1e3", "nan", "inf", "9" * 5000],
+     "> 0"),
+    (["watch", "--demo"], "--top", ["0", "-1", "abc", "1.5", "inf", "9" * 5000], "> 0"),
+    (["compare"], "--size", [*BAD_NUMBERS, "1e400M", "3M", "5G", "infM", "nanG"],
+     "from 4M to 4G"),
+]
+PID_CASES = ["0", "-1", "abc", "", "inf", "nan", "1e3", HUGE, str(2**70), "4194305",
+             "9" * 5000]
+
+
+def _usage_error(argv: list[str], capsys) -> str:
+    """Parse ``argv`` as the command does; the usage error's message (exit 2)."""
+    from pagescan.cli import build_parser
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("head,option,values,allowed", BAD_OPTIONS,
+                         ids=[o for _, o, _, _ in BAD_OPTIONS])
+def test_bad_numbers_are_usage_errors_naming_the_option_and_range(head, option, values,
+                                                                  allowed, capsys):
+    """Issue 12.17: inf, nan, negative, zero, huge (past 2**64), overflowing and
+    garbage values of every numeric, size and duration option: a usage error (exit 2)
+    whose message names the option and the allowed range."""
+    for value in values:
+        err = _usage_error([*head, f"{option}={value}"], capsys)
+        assert f"argument {option}" in err, (value, err)
+        assert allowed in err, (value, err)
+
+
+@pytest.mark.parametrize("sub", ["scan", "watch"])
+def test_bad_pids_are_usage_errors(sub, capsys):
+    for value in PID_CASES:
+        err = _usage_error([sub, "--", value], capsys)
+        assert "PID" in err and "from 1 to 4194304" in err, (value, err)
+
+
+@pytest.mark.parametrize("value", ["ffffffffffffffffffffffff-fffffffffffffffffffffffff",
+                                   "0-" + "f" * 40, "1000-1000" + "0" * 30,
+                                   "-1000", "0x-0x1000", "1000-", "1000--2000"])
+def test_bad_ranges_are_usage_errors(value, capsys):
+    err = _usage_error(["scan", "1", "--range", value], capsys)
+    assert "argument --range" in err
+
+
+@pytest.mark.parametrize("head,option,value,want", [
+    (["watch", "--demo"], "--demo-rate", "0", 0.0),
+    (["watch", "--demo"], "--demo-rate", "1e6", 1e6),
+    (["watch", "--demo"], "--demo-rate", "2.5", 2.5),
+    (["watch", "--demo"], "--demo-size", "4096", 4096),
+    (["watch", "--demo"], "--interval", "1ms", 1e-3),
+    (["watch", "--demo"], "--interval", "720h", 720 * 3600.0),
+    (["watch", "--demo"], "--duration", "1.5m", 90.0),
+    (["watch", "--demo"], "--count", HUGE, 2**64),
+    (["compare"], "--size", "4G", (4 << 30) // PS),
+    (["compare"], "--size", "8M", (8 << 20) // PS),
+])
+def test_good_values_at_the_ends_of_the_ranges(head, option, value, want):
+    from pagescan.cli import build_parser
+    args = build_parser().parse_args([*head, option, value])
+    assert getattr(args, option.lstrip("-").replace("-", "_")) == want
+
+
+@pytest.mark.parametrize("args", [["--demo-rate", "inf"], ["--demo-rate", "nan"],
+                                  ["--demo-rate", "1e12"], ["--demo-size", "100000000"],
+                                  ["--demo-size", str(2**70)], ["--interval", "1e300"]])
+def test_watch_demo_bad_values_end_at_once(args):
+    """Issue 12.17, as a user meets it: a traceback (inf, nan, --demo-size, 1e300) or
+    a hang (--demo-rate 1e12) before; now exit 2 with the option named."""
+    r = run("watch", "--demo", "--count", "1", "--interval", "100ms", *args, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert f"argument {args[0]}" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+# ================================================ a POSIX locale, an ASCII stdout (12.17)
+
+ASCII_ENVS = {"LC_ALL=C PYTHONUTF8=0": {"LC_ALL": "C", "PYTHONUTF8": "0"},
+              "PYTHONIOENCODING=ascii": {"PYTHONIOENCODING": "ascii"}}
+
+
+def _ascii_env(extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONIOENCODING", "PYTHONUTF8", "LANG", "LC_ALL", "LC_CTYPE")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("env", list(ASCII_ENVS), ids=list(ASCII_ENVS))
+def test_every_subcommand_prints_on_an_ascii_stream(env, target, uffd_ok):
+    """Issue 12.17: with a POSIX locale (no UTF-8 mode) or PYTHONIOENCODING=ascii,
+    'µs' (compare), '∩' (compare --help) ... raised UnicodeEncodeError. What a
+    stream cannot encode is printed in ASCII ('us')."""
+    p, addr = target
+    e = _ascii_env(ASCII_ENVS[env])
+    r = subprocess.run([sys.executable, "-c", "import sys; print(sys.stdout.encoding)"],
+                       capture_output=True, text=True, env=e)
+    assert r.stdout.strip().lower() in ("ascii", "ansi_x3.4-1968"), r.stdout
+    rng = f"{addr:x}-{addr + 64 * PS:x}"
+    cases = [
+        (["--help"], 0), (["doctor"], 0), (["doctor", "--json"], 0),
+        (["doctor", "--help"], 0), (["scan", "--help"], 0), (["watch", "--help"], 0),
+        (["compare", "--help"], 0),
+        (["scan", str(p.pid)], 0), (["scan", str(p.pid), "--json"], 0),
+        (["scan", str(p.pid), "--range", rng, "--method", "pagemap"], 0),
+        (["watch", "--demo", "--count", "1", "--interval", "100ms"], 0),
+        (["watch", "--demo", "--count", "1", "--interval", "100ms", "--json"], 0),
+        (["watch", "--demo", "--simulate", "--count", "1", "--interval", "100ms",
+          "--demo-size", "4"], 0),
+        (["compare", "--quick"], 0), (["compare", "--quick", "--json"], 0),
+        (["watch", "--demo-rate", "nan"], 2), (["scan", "999999"], 3),
+    ]
+    for argv, code in cases:
+        r = subprocess.run([sys.executable, "-m", "pagescan", *argv], capture_output=True,
+                           env=e, timeout=300)
+        assert r.returncode == code, (argv, r.stderr.decode(errors="replace")[-2000:])
+        assert b"Traceback" not in r.stderr and b"UnicodeEncodeError" not in r.stderr, argv
+        r.stdout.decode("ascii")          # everything printed is ASCII
+        if argv == ["compare", "--quick"]:
+            assert b"us/page" in r.stdout
+
+
+def test_the_ascii_fallback():
+    from pagescan.cli.output import ASCII_ERRORS
+    assert "1st write µs/page · a ∩ b — ☃".encode("ascii", ASCII_ERRORS) == \
+        b"1st write us/page - a & b -- \\u2603"
+    assert "µs ∩".encode("latin-1", ASCII_ERRORS) == "µs &".encode("latin-1")

@@ -39,7 +39,9 @@ from .. import Category
 from ..errors import AccessDenied, BackendUnavailable, NoSuchProcess, PagescanError
 from .exits import (EXIT_ACCESS, EXIT_ERROR, EXIT_GONE, EXIT_INTERRUPTED, EXIT_OK,
                     EXIT_UNAVAILABLE, EXIT_USAGE, Exit, UsageError)
-from .parsing import parse_categories, parse_duration, parse_pid, parse_range, positive_int
+from .output import safe_streams
+from .parsing import (DEMO_RATE_MAX, DEMO_SIZE_MAX, parse_categories, parse_demo_rate,
+                      parse_demo_size, parse_duration, parse_pid, parse_range, positive_int)
 
 __all__ = ["EXIT_ACCESS", "EXIT_ERROR", "EXIT_GONE", "EXIT_INTERRUPTED", "EXIT_OK",
            "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser", "main"]
@@ -108,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=epilog)
     w.add_argument("pid", type=parse_pid, nargs="?", metavar="PID")
     w.add_argument("--interval", type=parse_duration, default=1.0, metavar="T",
-                   help="sampling interval (1s, 250ms, ...; default 1s)")
+                   help="sampling interval (1s, 250ms, ...; 1ms to 30 days; default 1s)")
     w.add_argument("--count", type=positive_int, metavar="N", help="stop after N samples")
-    w.add_argument("--duration", type=parse_duration, metavar="T", help="stop after T")
+    w.add_argument("--duration", type=parse_duration, metavar="T",
+                   help="stop after T (1ms to 30 days)")
     w.add_argument("--backend", default="auto",
                    help="backend name (default: the best that can do it here)")
     w.add_argument("--top", type=positive_int, default=10, metavar="K",
@@ -119,13 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "a summary object")
     w.add_argument("--demo", action="store_true",
                    help="watch a writer thread in this process's own memory instead of PID")
-    w.add_argument("--demo-rate", type=float, default=2000.0, metavar="PAGES",
-                   help="pages per second the demo writer writes (default 2000)")
-    w.add_argument("--demo-size", type=positive_int, default=64, metavar="MIB",
-                   help="size of the demo buffer in MiB (default 64)")
+    w.add_argument("--demo-rate", type=parse_demo_rate, default=2000.0, metavar="PAGES",
+                   help="pages per second the demo writer writes (0 to "
+                   f"{DEMO_RATE_MAX:.0f}; default 2000)")
+    w.add_argument("--demo-size", type=parse_demo_size, default=64, metavar="MIB",
+                   help=f"size of the demo buffer in MiB (1 to {DEMO_SIZE_MAX}; default 64)")
+    played = ", ".join(sorted(compare.SIM_MODELS))
     w.add_argument("--simulate", action="store_true",
                    help="with --demo: the writer runs in a simulated process, watched with "
-                   "--backend (softdirty by default) on the simulated kernel")
+                   f"--backend (softdirty by default; one of {played}) on the simulated "
+                   "kernel")
     w.set_defaults(func=cmd_watch, parser=w)
 
     c = sub.add_parser("compare", help="every backend on the built-in workloads, with ground "
@@ -144,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    safe_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

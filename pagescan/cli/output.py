@@ -3,7 +3,9 @@ the scan's text reports, and the watch's refreshing display."""
 
 from __future__ import annotations
 
+import codecs
 import json
+import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from .._describe import category_names
@@ -12,10 +14,51 @@ from ..constants import PAGE_SIZE
 if TYPE_CHECKING:
     from .watch import Sample
 
-__all__ = ["MIB", "Display", "category_names", "dump_json", "format_categories",
-           "human_bytes", "write_doctor", "write_scan"]
+__all__ = ["ASCII_ERRORS", "MIB", "Display", "category_names", "dump_json",
+           "format_categories", "human_bytes", "safe_streams", "write_doctor", "write_scan"]
 
 MIB = 1 << 20
+
+#: ASCII stand-ins for the non-ASCII characters the command prints (units, the
+#: separators of the compare report, set notation in the help)
+ASCII_FALLBACK = {"\u00b5": "u", "\u03bc": "u", "\u00b7": "-", "\u2014": "--",
+                  "\u2013": "-", "\u2229": "&", "\u222a": "|", "\u00d7": "x",
+                  "\u2264": "<=", "\u2265": ">=", "\u2260": "!=", "\u2026": "...",
+                  "\u2192": "->", "\u2018": "'", "\u2019": "'", "\u201c": '"',
+                  "\u201d": '"', "\u00a0": " "}
+#: the error handler :func:`safe_streams` installs
+ASCII_ERRORS = "pagescan.ascii"
+
+
+def _ascii_fallback(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    text = err.object[err.start:err.end]
+    return "".join(ASCII_FALLBACK.get(c, c.encode("ascii", "backslashreplace").decode())
+                   for c in text), err.end
+
+
+codecs.register_error(ASCII_ERRORS, _ascii_fallback)
+
+
+def safe_streams() -> None:
+    """Make stdout and stderr print what they cannot encode (a POSIX locale without
+    UTF-8 mode, ``PYTHONIOENCODING=ascii``) as ASCII: ``µs`` as ``us``, other
+    characters as ``\\uXXXX``, instead of raising UnicodeEncodeError."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "".join(ASCII_FALLBACK).encode(encoding)
+            continue                       # the stream can print everything we print
+        except (UnicodeError, LookupError):
+            pass
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors=ASCII_ERRORS)
+            except (ValueError, OSError):  # a stream that cannot change (closed)
+                pass
 
 
 def format_categories(value: int) -> str:
@@ -88,9 +131,11 @@ def write_scan(rep: dict[str, Any], out: IO[str]) -> None:
                       f" {human_bytes(r['end'] - r['start']):>8}      "
                       f"{format_categories(r['flags'])}\n")
     t = rep["total"]
-    shown = sum(1 for m in rep["mappings"] if m["regions"])
+    hidden = t["mappings_scanned"] - t["mappings"]
     out.write(f"total: {t['pages']} pages ({human_bytes(t['bytes'])}) in {t['regions']} "
-              f"regions of {shown} mappings; method {rep['method']}\n")
+              f"regions of {t['mappings']} mappings"
+              + (f" ({hidden} more without matching pages not listed)" if hidden else "")
+              + f"; method {rep['method']}\n")
     for note in rep["notes"]:
         out.write(f"note: {note}\n")
 

@@ -1,16 +1,35 @@
 """Parsers of the command's arguments: categories, address ranges, durations, sizes,
-counts and process IDs. Each raises ``argparse.ArgumentTypeError`` with a message
-that says what is expected (argparse turns it into a usage error, exit code 2)."""
+counts, rates and process IDs. Each raises ``argparse.ArgumentTypeError`` with a
+message that says what is expected and the allowed range (argparse prefixes the
+option's name and turns it into a usage error, exit code 2). Every number is
+checked for what ``float()``/``int()`` accept but a command cannot use: ``inf``,
+``nan``, negative, zero, values past the range (which would overflow a C type, a
+timeout or memory later), and garbage."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from .. import ALL_CATEGORIES, Category
 from ..constants import PAGE_SIZE, USER_ADDRESS_LIMIT
 
-__all__ = ["parse_categories", "parse_duration", "parse_pid", "parse_range", "parse_size",
-           "positive_int"]
+__all__ = ["DEMO_RATE_MAX", "DEMO_SIZE_MAX", "DURATION_MAX", "DURATION_MIN", "PID_MAX",
+           "bounded_int", "parse_categories", "parse_demo_rate", "parse_demo_size",
+           "parse_duration", "parse_pid", "parse_range", "parse_size", "positive_int"]
+
+#: shortest and longest duration (--interval, --duration): 1 ms to 30 days
+DURATION_MIN = 1e-3
+DURATION_MAX = 30 * 86400.0
+#: the kernel's PID_MAX_LIMIT on 64-bit (no process ID is larger)
+PID_MAX = 1 << 22
+#: pages per second the watch demo's writer can be asked for (a Python thread)
+DEMO_RATE_MAX = 1_000_000.0
+#: the watch demo's buffer, MiB
+DEMO_SIZE_MAX = 4096
+#: more digits than any value an option takes (int() refuses past 4300 digits)
+_MAX_DIGITS = 40
 
 
 def parse_categories(text: str) -> int:
@@ -75,28 +94,88 @@ def parse_duration(text: str) -> float:
         if t.endswith(suffix):
             t, scale = t[: -len(suffix)], mult
             break
+    allowed = "from 1ms to 30 days (e.g. 1s, 250ms, 2m)"
     try:
-        value = float(t) * scale
+        value = _finite(t) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 1s, 250ms)"
-                                         ) from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; a duration is "
+                                         + allowed) from None
+    if not DURATION_MIN <= value <= DURATION_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: a duration is "
+                                         + allowed)
     return value
 
 
+def _finite(text: str) -> float:
+    """``float(text)`` for a finite number written in decimal (not inf, nan, hex)."""
+    t = text.strip()
+    if len(t) > _MAX_DIGITS or not t or t.lower().lstrip("+-")[:1] not in set("0123456789."):
+        raise ValueError(text)
+    value = float(t)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _int(text: str) -> int:
+    """``int(text)`` (decimal), refusing absurdly long input before int() sees it."""
+    t = text.strip()
+    if len(t) > _MAX_DIGITS:
+        raise ValueError(text)
+    return int(t, 10)
+
+
+def bounded_int(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
+    """A parser of a decimal integer in ``[lo, hi]`` (``hi`` None: no upper bound
+    but ``_MAX_DIGITS`` digits), whose messages name ``what`` and the range."""
+    allowed = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            n = _int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (an integer "
+                                             f"{allowed})") from None
+        if n < lo or (hi is not None and n > hi):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: {what} is "
+                                             f"an integer {allowed}")
+        return n
+    parse.__name__ = what.replace(" ", "_")
+    return parse
+
+
 def positive_int(text: str, what: str = "an integer") -> int:
+    """A decimal integer > 0 (at most 40 digits: counts, --top)."""
     try:
-        n = int(text)
+        n = _int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} > 0") from None
     if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what} (must be > 0)")
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: {what} must be > 0")
     return n
 
 
 def parse_pid(text: str) -> int:
-    return positive_int(text, "a process ID")
+    """A process ID: 1 to the kernel's PID_MAX_LIMIT (4194304)."""
+    return bounded_int(1, PID_MAX, "a process ID")(text)
+
+
+def parse_demo_rate(text: str) -> float:
+    """``watch --demo-rate``: pages per second, 0 (no writes) to 1000000."""
+    allowed = f"from 0 to {DEMO_RATE_MAX:.0f} pages per second"
+    try:
+        value = _finite(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: a number {allowed}"
+                                         ) from None
+    if not 0 <= value <= DEMO_RATE_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: the rate is {allowed}")
+    return value
+
+
+def parse_demo_size(text: str) -> int:
+    """``watch --demo-size``: MiB, 1 to 4096."""
+    return bounded_int(1, DEMO_SIZE_MAX, "a size in MiB")(text)
 
 
 def parse_size(text: str) -> int:
@@ -109,12 +188,12 @@ def parse_size(text: str) -> int:
         if t.endswith(suffix):
             t, mult = t[:-1], m
             break
+    allowed = "from 4M to 4G (e.g. 32M, 1G)"
     try:
-        nbytes = int(float(t) * mult)
+        nbytes = int(_finite(t) * mult)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 32M)") from None
-    if nbytes < 4 << 20:
-        raise argparse.ArgumentTypeError(f"{text!r}: the size must be at least 4M")
-    if nbytes > 4 << 30:
-        raise argparse.ArgumentTypeError(f"{text!r}: the size must be at most 4G")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: a size is {allowed}"
+                                         ) from None
+    if not 4 << 20 <= nbytes <= 4 << 30:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: a size is {allowed}")
     return -(-nbytes // HUGE) * HUGE_PAGES

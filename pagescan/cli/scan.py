@@ -14,18 +14,26 @@ from typing import Any
 
 import pagescan
 
-from .. import procfs
+from .. import ALL_CATEGORIES, Category, Masks, procfs
 from .._describe import category_names
-from .. import ALL_CATEGORIES, Masks
 from ..constants import PAGE_SIZE, PM_PFN_MASK, PM_PRESENT, USER_ADDRESS_LIMIT
 from ..errors import AccessDenied, NoSuchProcess, PagescanError
-from ..kernel import LinuxKernel
+from ..kernel import Kernel, LinuxKernel
 from .exits import EXIT_OK, EXIT_UNAVAILABLE, PTRACE_HINT, Exit, UsageError
 from .output import dump_json, write_scan
 
-__all__ = ["Scanner", "cmd_scan", "scan_process", "zero_pfn"]
+__all__ = ["UNREGISTERED_WRITTEN", "Scanner", "cmd_scan", "scan_process", "zero_pfn"]
 
 Region = tuple[int, int, int]
+
+WRITTEN = int(Category.WRITTEN)
+WPALLOWED = int(Category.WPALLOWED)
+
+#: what WRITTEN means on memory that no userfaultfd registered for write-protect
+UNREGISTERED_WRITTEN = (
+    "WRITTEN means 'not write-protected by userfaultfd'; in memory that no userfaultfd "
+    "registered for write-protect (regions without WPALLOWED) the kernel reports every "
+    "page WRITTEN, which says nothing about writes")
 
 
 @functools.cache
@@ -54,7 +62,7 @@ class Scanner:
 
     CHUNK = 1 << 16   # pages per pagemap read in the fallback
 
-    def __init__(self, pid: int, method: str) -> None:
+    def __init__(self, pid: int, method: str, kernel: Kernel | None = None) -> None:
         compiled = pagescan.IMPLEMENTATION == "cython"
         self.pid = pid
         self.method = method
@@ -67,8 +75,10 @@ class Scanner:
         elif method == "ioctl" and not compiled:
             raise Exit(EXIT_UNAVAILABLE, "--method ioctl needs the compiled core "
                        "(pagescan._core); the pure-Python reference is loaded")
-        self.kernel = LinuxKernel(pid)
+        self.kernel = LinuxKernel(pid) if kernel is None else kernel
         self._pfnmap: set[int] | None = None
+        #: the categories this kernel's PAGEMAP_SCAN accepts (probed on first use)
+        self.valid: int | None = None
 
     def close(self) -> None:
         self.kernel.close()
@@ -81,10 +91,37 @@ class Scanner:
                                 + PTRACE_HINT)
         return PagescanError(f"scanning process {self.pid} failed: {err}")
 
+    def _probe_valid(self) -> int:
+        """The categories the kernel's PAGEMAP_SCAN accepts
+        (:meth:`Kernel.scan_categories`, as the backends ask it: GUARD only from
+        6.15 on; older kernels refuse a mask naming it with EINVAL). The probe
+        scans scratch pages of the calling process, so for another process it
+        asks through a kernel object of our own."""
+        if self.kernel.is_self:
+            valid = self.kernel.scan_categories()
+        else:
+            with LinuxKernel() as own:
+                valid = own.scan_categories()
+        missing = ALL_CATEGORIES & ~valid
+        if missing:
+            names = ",".join(category_names(missing))
+            self.notes.append(f"kernel {self.kernel.release}'s PAGEMAP_SCAN does not know "
+                              f"{names} (GUARD needs 6.15+): no page is reported with it")
+        return valid
+
+    def restrict(self, masks: Masks) -> Masks:
+        """``masks`` as this kernel's PAGEMAP_SCAN accepts them."""
+        if self.valid is None:
+            self.valid = self._probe_valid()
+        return masks.restrict(self.valid)
+
     def scan(self, m: procfs.Mapping, start: int, end: int, masks: Masks) -> list[Region]:
         if self.method == "ioctl":
             try:
-                res = self.kernel.pagemap_scan(start, end, 0, masks)
+                kmasks = self.restrict(masks)
+                if kmasks.matches_nothing:
+                    return []
+                res = self.kernel.pagemap_scan(start, end, 0, kmasks)
             except OSError as err:
                 if err.errno == errno.ENOTTY:
                     self.method = "pagemap"
@@ -118,11 +155,37 @@ class Scanner:
         return [tuple(r) for r in pagescan.coalesce(*parts)]  # type: ignore[misc]
 
 
+def _drop_unregistered_written(regions: list[Region]) -> list[Region]:
+    """The regions without WRITTEN where WPALLOWED is absent (memory no userfaultfd
+    registered for write-protect, where the kernel marks every page WRITTEN),
+    neighbours with equal categories merged again."""
+    out: list[Region] = []
+    for a, b, c in regions:
+        if not c & WPALLOWED:
+            c &= ~WRITTEN
+        if out and out[-1][1] == a and out[-1][2] == c:
+            out[-1] = (out[-1][0], b, c)
+        else:
+            out.append((a, b, c))
+    return out
+
+
 def scan_process(pid: int, masks: Masks, rng: tuple[int, int] | None = None,
-                 method: str = "auto") -> dict[str, Any]:
-    """The JSON-able result of ``pagescan scan``."""
+                 method: str = "auto", *, written: str = "registered",
+                 kernel: Kernel | None = None) -> dict[str, Any]:
+    """The JSON-able result of ``pagescan scan``.
+
+    ``written``: ``"registered"`` reports WRITTEN only where it means something,
+    in memory registered with a userfaultfd for write-protect (WPALLOWED); elsewhere
+    the kernel marks every page WRITTEN ("not write-protected") and it is left out.
+    ``"all"`` reports the kernel's answer as it is (with a note where WRITTEN is
+    meaningless). ``kernel``: the kernel object to scan through (default:
+    ``LinuxKernel(pid)``)."""
+    if written not in ("registered", "all"):
+        raise ValueError(f"written={written!r}: 'registered' or 'all'")
     maps = procfs.read_maps(pid)
-    scanner = Scanner(pid, method)
+    scanner = Scanner(pid, method, kernel)
+    unregistered_written = False
     lo, hi = rng if rng else (0, 1 << 64)
     out_maps = []
     total_pages = total_regions = 0
@@ -138,6 +201,13 @@ def scan_process(pid: int, masks: Masks, rng: tuple[int, int] | None = None,
                 out_maps.append(entry)
                 continue
             regions = [] if masks.matches_nothing else scanner.scan(m, s, e, masks)
+            if any(c & WRITTEN and not c & WPALLOWED for _, _, c in regions):
+                unregistered_written = True
+                if written == "registered":
+                    regions = _drop_unregistered_written(regions)
+            if not regions and not (masks.matches_nothing or masks.mask | masks.anyof):
+                entry["note"] = ("the kernel walks no pages of this mapping (VM_PFNMAP "
+                                 "or VM_IO, such as [vvar])")
             pages = sum((b - a) // PAGE_SIZE for a, b, _ in regions)
             total_pages += pages
             total_regions += len(regions)
@@ -147,6 +217,14 @@ def scan_process(pid: int, masks: Masks, rng: tuple[int, int] | None = None,
             out_maps.append(entry)
     finally:
         scanner.close()
+    if unregistered_written and written == "registered":
+        scanner.notes.append("WRITTEN is shown only in memory registered with a "
+                             "userfaultfd for write-protect (WPALLOWED): elsewhere the "
+                             "kernel reports every page WRITTEN, which says nothing about "
+                             "writes (--return with WRITTEN, or all, shows it anyway)")
+    elif unregistered_written:
+        scanner.notes.append(UNREGISTERED_WRITTEN)
+    shown = sum(1 for entry in out_maps if entry["regions"])
     return {
         "pid": pid,
         "command": procfs.process_name(pid),
@@ -158,7 +236,10 @@ def scan_process(pid: int, masks: Masks, rng: tuple[int, int] | None = None,
                   "return": category_names(masks.return_mask)},
         "page_size": PAGE_SIZE,
         "mappings": out_maps,
-        "total": {"mappings": len(out_maps), "regions": total_regions, "pages": total_pages,
+        # mappings: those with at least one region (the text lists those);
+        # mappings_scanned: every mapping in the range (the list above)
+        "total": {"mappings": shown, "mappings_scanned": len(out_maps),
+                  "regions": total_regions, "pages": total_pages,
                   "bytes": total_pages * PAGE_SIZE},
         "notes": scanner.notes,
     }
@@ -171,7 +252,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
                       else args.return_mask)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    rep = scan_process(args.pid, masks, args.range, args.method)
+    named = args.required | args.anyof | args.excluded
+    explicit = args.return_mask is not None and args.return_mask & WRITTEN
+    written = "all" if explicit or named & WRITTEN else "registered"
+    rep = scan_process(args.pid, masks, args.range, args.method, written=written)
     if args.json:
         dump_json(rep, sys.stdout)
     else:

@@ -22,7 +22,7 @@ from ..backends import backend_names, probe
 from ..constants import PAGE_SIZE
 from ..errors import AccessDenied, NoSuchProcess, PagescanError
 from .doctor import loaded_class
-from .exits import (EXIT_GONE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, PTRACE_HINT,
+from .exits import (EXIT_ERROR, EXIT_GONE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, PTRACE_HINT,
                     Exit, UsageError)
 from .output import MIB, Display
 
@@ -176,13 +176,15 @@ def other_process_backend(name: str) -> str:
 
 def _demo_writer(store: Callable[[list[int]], None], npages: int, rate: float,
                  stop: threading.Event) -> None:
-    """Store to ``rate`` random pages per second (of ``npages``) until ``stop``."""
+    """Store to ``rate`` random pages per second (of ``npages``) until ``stop``
+    (``rate`` is checked by the parser: finite, 0 to DEMO_RATE_MAX; a writer that
+    falls behind does not pile up debt: at most one tick's worth is carried)."""
     rnd = random.Random(1)
     tick = 0.01
     debt = 0.0
     next_t = time.monotonic()
     while not stop.is_set():
-        debt += rate * tick
+        debt = min(debt + rate * tick, rate * tick + 1)
         k = int(debt)
         debt -= k
         if k:
@@ -238,7 +240,11 @@ def _watch_demo(args: argparse.Namespace) -> _Watched:
         if not ok:
             raise Exit(EXIT_UNAVAILABLE, f"the simulator does not work here: {why}")
         w = compare.Workload("demo", "demo", "", npages, (), tuple(range(npages)))
-        ex = compare.SimExecutor(name, w)
+        try:
+            ex = compare.SimExecutor(name, w)
+        except MemoryError:
+            raise Exit(EXIT_ERROR, f"the simulator cannot hold the {args.demo_size} MiB "
+                       "demo buffer; try a smaller --demo-size") from None
         lock = threading.Lock()
 
         def store_sim(pages: list[int]) -> None:
@@ -250,7 +256,11 @@ def _watch_demo(args: argparse.Namespace) -> _Watched:
                         f"pagescan watch --demo --simulate: {args.demo_rate:g} pages/s "
                         f"written into {args.demo_size} MiB of simulated process "
                         f"{ex.sim.pid}, {ex.label}", ex.sim.pid, store_sim, npages, ex.close)
-    mem = pagescan.allocate(npages * PAGE_SIZE)
+    try:
+        mem = pagescan.allocate(npages * PAGE_SIZE)
+    except (MemoryError, OSError, ValueError) as err:
+        raise Exit(EXIT_ERROR, f"cannot allocate the {args.demo_size} MiB demo buffer "
+                   f"({err}); try a smaller --demo-size") from None
     try:
         tracker = pagescan.track(mem, backend=args.backend)
     except BaseException:
