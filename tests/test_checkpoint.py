@@ -643,17 +643,20 @@ def test_cli_checkpoint_info_and_usage(tmp_path: Path, capsys: pytest.CaptureFix
     from pagescan.cli import main
     path = tmp_path / "cli.ckpt"
     _three_saves(path)
-    assert main(["checkpoint", "--info", str(path)]) == 0
+    assert main(["checkpoint-info", str(path)]) == 0
     text = capsys.readouterr().out
     assert "3 saves" in text and "save    3 delta" in text
-    assert main(["checkpoint", "--info", str(path), "--json"]) == 0
+    assert main(["checkpoint-info", str(path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [s["kind"] for s in doc["saves"]] == ["base", "delta", "delta"]
-    assert main(["checkpoint", "123"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["checkpoint", "123"])                                       # no FILE
+    assert exc.value.code == 2
     assert main(["checkpoint", "123", str(tmp_path / "n.ckpt")]) == 2      # no --range
     assert "--range" in capsys.readouterr().err
+    assert not (tmp_path / "n.ckpt").exists()
     (tmp_path / "junk").write_bytes(b"junk" * 30)
-    assert main(["checkpoint", "--info", str(tmp_path / "junk")]) == 1
+    assert main(["checkpoint-info", str(tmp_path / "junk")]) == 1
     assert "not a pagescan checkpoint" in capsys.readouterr().err
 
 

@@ -10,7 +10,8 @@
 * ``pagescan compare``: the built-in workloads on every backend, with ground
   truth (:mod:`pagescan.compare`; the options in :mod:`pagescan.cli.compare`).
 * ``pagescan checkpoint PID --range A-B FILE``: incremental checkpoints of ranges
-  of a process (:mod:`pagescan.cli.checkpoint`, :mod:`pagescan.checkpoint`).
+  of a process; ``pagescan checkpoint-info FILE``: the saves of a checkpoint file
+  (:mod:`pagescan.cli.checkpoint`, :mod:`pagescan.checkpoint`).
 
 Argument parsers are in :mod:`pagescan.cli.parsing`, what is printed in
 :mod:`pagescan.cli.output`. Exit codes (the same for every subcommand;
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=checkpoint_cli.DESCRIPTION, epilog=epilog)
     checkpoint_cli.add_arguments(k)
     k.set_defaults(func=checkpoint_cli.cmd_checkpoint, parser=k)
+    ki = sub.add_parser("checkpoint-info", help="the saves of a checkpoint file",
+                        description=checkpoint_cli.INFO_DESCRIPTION, epilog=epilog)
+    checkpoint_cli.add_info_arguments(ki)
+    ki.set_defaults(func=checkpoint_cli.cmd_checkpoint_info, parser=ki)
     return p
 
 

@@ -1,7 +1,7 @@
 """``pagescan checkpoint PID --range A-B FILE``: incremental checkpoints of ranges of
 another process (:func:`pagescan.checkpoint.checkpoint_process`): the first save
 writes the ranges whole, each later one (``--count``, every ``--interval``) only the
-pages written since the save before. ``pagescan checkpoint --info FILE`` lists the
+pages written since the save before. ``pagescan checkpoint-info FILE`` lists the
 saves of a file."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from .exits import EXIT_OK, UsageError
 from .parsing import parse_duration, parse_pid, parse_range, positive_int
 
-__all__ = ["DESCRIPTION", "add_arguments", "cmd_checkpoint"]
+__all__ = ["DESCRIPTION", "INFO_DESCRIPTION", "add_arguments", "add_info_arguments",
+           "cmd_checkpoint", "cmd_checkpoint_info"]
 
 DESCRIPTION = (
     "Incremental checkpoints of address ranges of process PID into FILE, an append-only "
@@ -24,12 +25,16 @@ DESCRIPTION = (
     "before, tracked with soft-dirty and read with process_vm_readv (both need ptrace "
     "read access to PID). --freeze stops the process during each save (ptrace attach), "
     "making it a snapshot of one instant. Restore with pagescan.checkpoint.restore(FILE); "
-    "--info FILE lists the saves of a file.")
+    "pagescan checkpoint-info FILE lists the saves of a file.")
+
+INFO_DESCRIPTION = (
+    "The complete saves of a checkpoint file (pagescan checkpoint, or "
+    "pagescan.checkpoint.open), and the size of a torn tail (a save cut short, ignored).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pid", type=parse_pid, nargs="?", metavar="PID")
-    p.add_argument("file", nargs="?", metavar="FILE", help="the checkpoint file (appended to)")
+    p.add_argument("pid", type=parse_pid, metavar="PID")
+    p.add_argument("file", metavar="FILE", help="the checkpoint file (appended to)")
     p.add_argument("--range", dest="ranges", type=parse_range, action="append", default=[],
                    metavar="A-B", help="[A, B): hex addresses as in /proc/PID/maps "
                    "(repeat for several ranges)")
@@ -41,9 +46,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="backend name (default: the best that can watch another process)")
     p.add_argument("--freeze", action="store_true",
                    help="stop the process while each save collects and reads its pages")
-    p.add_argument("--info", metavar="FILE", dest="info_file",
-                   help="list the saves of a checkpoint file and exit")
     p.add_argument("--json", action="store_true", help="one JSON object per save")
+
+
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a checkpoint file")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def cmd_checkpoint_info(args: argparse.Namespace, out: Any = None) -> int:
+    return _info(args.file, args.json, sys.stdout if out is None else out)
 
 
 def _info(path: str, as_json: bool, out: Any) -> int:
@@ -74,10 +86,6 @@ def _info(path: str, as_json: bool, out: Any) -> int:
 def cmd_checkpoint(args: argparse.Namespace, out: Any = None) -> int:
     from .. import checkpoint
     out = sys.stdout if out is None else out
-    if args.info_file:
-        return _info(args.info_file, args.json, out)
-    if args.pid is None or args.file is None:
-        raise UsageError("give PID and FILE (or --info FILE)")
     if not args.ranges:
         raise UsageError("give at least one --range A-B")
     with checkpoint.checkpoint_process(args.pid, args.file, args.ranges, backend=args.backend,
