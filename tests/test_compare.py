@@ -55,6 +55,15 @@ class Model(Executor):
     def fork(self, child_pages):
         pass
 
+    def neighbour(self, npages):
+        pass
+
+    def move(self, pages):
+        pass
+
+    def collapse(self, pages):
+        return 0, 1
+
     def collect(self):
         got = set(sorted(self.pending)[self.drop:])
         got |= {self.w.npages + i for i in range(self.extra)}    # never-written pages
@@ -197,8 +206,11 @@ def quick_report():
 
 def test_compare_json_schema(quick_report):
     rep = quick_report
-    assert set(rep) >= {"pagescan", "implementation", "kernel", "pages", "bytes", "seed",
-                        "rounds", "workloads", "rows", "left_out", "seconds"}
+    assert set(rep) >= {"schema_version", "pagescan", "implementation", "kernel",
+                        "environment", "pages", "bytes", "seed", "rounds", "repeat",
+                        "workloads", "rows", "left_out", "seconds"}
+    assert rep["schema_version"] == compare.SCHEMA_VERSION
+    assert rep["environment"]["where"] == "host" and rep["environment"]["emulated"] is False
     assert rep["kernel"] == os.uname().release
     assert [w["name"] for w in rep["workloads"]] == compare.WORKLOAD_NAMES
     assert rep["rows"]
@@ -208,8 +220,9 @@ def test_compare_json_schema(quick_report):
         assert row["kind"] in ("real", "simulated")
         assert set(row["workloads"]) == set(compare.WORKLOAD_NAMES)
         for cell in row["workloads"].values():
-            assert set(cell) >= {"tally", "seconds", "notes", "error"}
-            if cell["error"] is None:
+            assert set(cell) >= {"tally", "seconds", "notes", "error", "refused",
+                                 "program_error"}
+            if cell["tally"] is not None:
                 assert set(cell["tally"]) >= {"truth", "reported", "tp", "fp", "lost",
                                               "failed_writes", "precision", "recall"}
         t = row["totals"]
@@ -220,6 +233,11 @@ def test_compare_json_schema(quick_report):
             assert set(row["speed"]) >= SPEED_KEYS
             assert all(row["speed"][k] >= 0 for k in SPEED_KEYS)
             assert row["speed"]["arm_ms"] > 0
+            for k in SPEED_KEYS:
+                sp = row["speed"]["spread"][k]
+                assert sp["n"] == row["speed"]["repeat"] == rep["repeat"] == 3
+                assert sp["min"] <= sp["q1"] <= sp["median"] <= sp["q3"] <= sp["max"]
+                assert sp["median"] == row["speed"][k]
         else:
             assert row["label"] == f"{row['name']} (simulated)"
             assert row["speed"] is None
@@ -246,7 +264,7 @@ def test_compare_truth_matches_the_workloads(quick_report):
     wls = {w.name: w for w in build_workloads(rep["pages"], rep["seed"], rep["rounds"])}
     for row in rep["rows"]:
         for name, cell in row["workloads"].items():
-            if cell["error"] is None:
+            if cell["tally"] is not None:
                 t = cell["tally"]
                 assert t["truth"] + t["failed_writes"] == _intended(wls[name]), (row, name)
 
@@ -317,6 +335,77 @@ def test_compare_usage_errors(args):
     assert r.stdout == ""
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--plot", "/nonexistent/x.png"], "no such directory /nonexistent"),
+    (["--plot", "{tmp}/x.txt"], "cannot draw a .txt file"),
+    (["--plot", "{tmp}/noextension"], "cannot draw a file without an extension"),
+    (["--timeout", "0"], "--timeout must be a number of seconds above 0"),
+    (["--timeout", "-1"], "--timeout must be a number of seconds above 0"),
+    (["--timeout", "nan"], "--timeout must be a number of seconds above 0"),
+    (["--rounds", "0"], "--rounds must be at least 2"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--from", "/nonexistent.json"], "cannot read /nonexistent.json"),
+])
+def test_compare_bad_options_stop_before_the_run(tmp_path, args, message):
+    """Issue 12 item 17: --plot to a missing directory or an unknown format was a
+    traceback after the whole run, --timeout 0 made every cell "error", --rounds 0
+    ran the default silently. Each is a usage error now, before anything runs."""
+    r = run("compare", "--quick", *(a.format(tmp=tmp_path) for a in args), timeout=60)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_runs_side_by_side(tmp_path, quick_report):
+    """--from shows a saved report without running; --against puts two side by side
+    (totals over the workloads both have)."""
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(quick_report))
+    b = dict(quick_report, kernel="9.9.9-other",
+             workloads=[w for w in quick_report["workloads"] if w["name"] != "sparse"])
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = run("compare", "--from", str(a), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == quick_report
+    r = run("compare", "--from", str(a), "--against", str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "2 saved runs side by side" in out
+    for row in quick_report["rows"]:
+        assert f"{row['label']} @{quick_report['kernel']}" in out
+        assert f"{row['label']} @9.9.9-other" in out
+    assert "sparse random writes" not in out       # not in b: not shared
+    both = compare.combine([quick_report, b], ["a", "b"])
+    shared = [w["name"] for w in both["workloads"]]
+    assert "sparse" not in shared and len(shared) == len(quick_report["workloads"]) - 1
+    for row in both["rows"]:
+        lost = sum(row["workloads"][n]["tally"]["lost"] for n in shared
+                   if row["workloads"][n]["tally"])
+        assert row["totals"]["lost"] == lost
+
+
+def test_spread():
+    s = compare.spread([5.0, 1.0, 3.0, 2.0, 4.0], 10)
+    assert (s["n"], s["min"], s["q1"], s["median"], s["q3"], s["max"]) == \
+        (5, 10, 20, 30, 40, 50)
+    one = compare.spread([2.0])
+    assert one["q1"] == one["median"] == one["q3"] == 2.0
+    assert compare.spread([])["median"] is None
+
+
+def test_uffd_refuses_a_remapped_range(quick_report):
+    """mremap away and back: the uffd registration does not follow the pages
+    (no UFFD_FEATURE_EVENT_REMAP), and the backend says so instead of losing writes."""
+    p = pagescan.probe("uffd")
+    require(p.ok, p.reason)
+    (row,) = [r for r in quick_report["rows"] if r["name"] == "uffd" and r["kind"] == "real"]
+    cell = row["workloads"]["mremap"]
+    assert cell["tally"] is None and cell["error"] is None
+    assert "RangeError" in cell["refused"] and "remapped" in cell["refused"]
+    assert row["workloads_refused"] == 1 and row["workloads_failed"] == 0
+
+
 def test_compare_plot(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "cmp.png"
@@ -349,8 +438,16 @@ def _sim_ok() -> None:
 
 
 def _tallies(row: dict) -> dict:
-    return {name: (c["tally"]["lost"], c["tally"]["fp"], c["tally"]["failed_writes"])
-            for name, c in row["workloads"].items()}
+    """Per workload: (lost, fp, failed writes), or the outcome that stopped it (the
+    exception's class: the addresses differ between the real and simulated runs)."""
+    out = {}
+    for name, c in row["workloads"].items():
+        if c["tally"] is None:
+            stop = c["refused"] or c["program_error"] or c["error"]
+            out[name] = stop.split(":")[0]
+        else:
+            out[name] = (c["tally"]["lost"], c["tally"]["fp"], c["tally"]["failed_writes"])
+    return out
 
 
 def test_the_simulator_agrees_with_the_kernel():
@@ -384,6 +481,10 @@ def test_simulated_soft_dirty_shows_its_known_inaccuracies():
     assert t["thp-on"]["fp"] >= 512 and t["thp-off"]["fp"] == 0
     assert t["dontneed"]["lost"] > 0
     assert t["threads"]["lost"] > 0
+    # a new mapping merged with the buffer's VMA: VM_SOFTDIRTY, every page reported
+    assert t["merge"]["fp"] >= 2048 - 64 and t["merge"]["lost"] == 0
+    # mremap marks the moved PTEs soft-dirty
+    assert t["mremap"]["fp"] > 0 and t["mremap"]["lost"] == 0
     for name in ("sparse", "sequential", "kernel", "fork"):
         assert t[name]["lost"] == t[name]["fp"] == 0, name
     assert "simulated threads" in " ".join(row["workloads"]["threads"]["notes"])
@@ -492,3 +593,60 @@ def test_a_crashing_backend_is_an_outcome_not_the_end(tmp_path):
     assert crashing["speed_error"] == "crashed: killed by SIGSEGV"
     if "uffd" in rows:
         assert rows["uffd"]["workloads_failed"] == 0 and rows["uffd"]["speed"]
+
+
+# ------------------------------------------------------------ the documented JSON
+
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                   "compare.md")
+
+
+def _documented() -> dict[str, set[str]]:
+    """docs/compare.md: the keys of each object (### name, then a table whose first
+    column is the key in backticks)."""
+    out: dict[str, set[str]] = {}
+    section = None
+    with open(DOC, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("### "):
+                section = line[4:].strip()
+                out[section] = set()
+            elif line.startswith("## "):
+                section = None
+            elif section and line.startswith("| `"):
+                out[section].add(line.split("`")[1])
+    return out
+
+
+def test_documented_json_keys_match_a_real_report(quick_report):
+    """Every key of a real ``--json`` report is documented in docs/compare.md, and
+    every documented key is in the report, object by object."""
+    doc = _documented()
+    rep = quick_report
+    seen: dict[str, list[dict]] = {k: [] for k in doc}
+    seen["report"].append(rep)
+    seen["environment"].append(rep["environment"])
+    seen["workload"] += rep["workloads"]
+    seen["left_out"] += rep["left_out"] + compare.plan_rows(simulate="none")[1]
+    for row in rep["rows"]:
+        seen["row"].append(row)
+        seen["probe"].append(row["probe"])
+        seen["tally"].append(row["totals"])
+        for cell in row["workloads"].values():
+            seen["cell"].append(cell)
+            if cell["tally"]:
+                seen["tally"].append(cell["tally"])
+        if row["speed"]:
+            seen["speed"].append(row["speed"])
+            seen["spread"] += row["speed"]["spread"].values()
+    seen["combined"].append(compare.combine([rep, rep], ["a", "b"]))
+    assert set(seen) == set(doc)
+    for name, objects in seen.items():
+        if name == "left_out" and not objects:
+            continue                         # every backend works here: none left out
+        assert objects, name
+        for obj in objects:
+            assert set(obj) == doc[name], (name, set(obj) ^ doc[name])
+    assert doc["report"] >= {"schema_version"}
+    assert f"schema version {compare.SCHEMA_VERSION}" in open(DOC, encoding="utf-8").read()

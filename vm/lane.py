@@ -18,7 +18,8 @@ writes a JUnit XML file to a second, writable 9p share; the host reads it.
 With ``--run`` the guest runs COMMAND instead of pytest (same environment, from
 ``/tmp``); its standard output comes back through the results share and is printed
 (or written to ``--out FILE``; ``{series}`` and ``{release}`` in FILE name one file
-per kernel), its standard error goes to the guest console. A run passes when the
+per kernel), its standard error is printed to the host's, each line prefixed with
+the kernel release. A run passes when the
 command exits 0.
 
 Exit status: 0 when, on every kernel, tests ran and none failed, errored or was
@@ -461,7 +462,8 @@ def guest_script(kernel: Kernel, pytest_args: list[str], command: bool = False) 
     args = [os.path.abspath(a) if not a.startswith("-") and os.path.exists(a) else a
             for a in pytest_args]
     if command:
-        run_cmd = shlex.join(pytest_args) + f" > {GUEST_RESULTS}/stdout"
+        run_cmd = (shlex.join(pytest_args) + f" > {GUEST_RESULTS}/stdout"
+                   f" 2> {GUEST_RESULTS}/stderr")
     else:
         run_cmd = shlex.join([py, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
                               f"--junitxml={GUEST_RESULTS}/junit.xml", *args])
@@ -609,6 +611,13 @@ def boot_once(kernel: Kernel, pytest_args: list[str], args: argparse.Namespace,
         problem += f" (qemu exit {proc.returncode})"
     if args.run and (results / "stdout").is_file():
         deliver_stdout(kernel, results / "stdout", args.out)
+    if args.run and (results / "stderr").is_file():
+        err = (results / "stderr").read_bytes().decode(errors="replace")
+        if err.strip():
+            with OUTPUT_LOCK:
+                for ln in err.rstrip("\n").splitlines():
+                    print(f"[{kernel.release}] {ln}", file=sys.stderr)
+                sys.stderr.flush()
     if not problem and not args.keep:
         shutil.rmtree(rundir, ignore_errors=True)
     return Outcome(kernel, not problem, summary, time.monotonic() - t0, console, problem,

@@ -29,14 +29,20 @@ from ..constants import (CLEAR_REFS_SOFT_DIRTY, MADV_COLLAPSE, MADV_DONTNEED, MA
 from ..kernel import LinuxKernel
 from .workloads import HUGE, Workload, runs_of
 
-__all__ = ["SIM_MODELS", "Executor", "RealExecutor", "SimExecutor", "WorkloadError",
-           "sim_playable", "sim_status"]
+__all__ = ["SIM_MODELS", "Executor", "ProgramCallFailed", "RealExecutor", "SimExecutor",
+           "WorkloadError", "sim_playable", "sim_status"]
 
 PAGE = PAGE_SIZE
 
 
 class WorkloadError(Exception):
     """An operation could not be carried out (recorded as the cell's outcome)."""
+
+
+class ProgramCallFailed(WorkloadError):
+    """A system call of the workload itself (the program's own mremap, mmap) failed
+    under the tracker: an outcome of the mechanism (e.g. mprotect tracking splits the
+    VMA, and mremap of a range spanning several VMAs is EFAULT before Linux 6.17)."""
 
 
 class Executor:
@@ -161,7 +167,8 @@ class RealExecutor(Executor):
     def _map_fixed(self, addr: int, length: int, prot: int) -> None:
         got = _libc().mmap(addr, length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
         if got != addr:
-            raise WorkloadError(f"mmap(MAP_FIXED) failed: {os.strerror(ctypes.get_errno())}")
+            raise ProgramCallFailed(f"mmap(MAP_FIXED) failed: "
+                                    f"{os.strerror(ctypes.get_errno())}")
 
     def neighbour(self, npages: int) -> None:
         addr, length = self.base + self.length, npages * PAGE
@@ -174,7 +181,7 @@ class RealExecutor(Executor):
     def _mremap(self, src: int, length: int, dst: int) -> None:
         got = _libc().mremap(src, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
         if got != dst:
-            raise WorkloadError(f"mremap failed: {os.strerror(ctypes.get_errno())}")
+            raise ProgramCallFailed(f"mremap failed: {os.strerror(ctypes.get_errno())}")
 
     def move(self, pages: Sequence[int]) -> None:
         (first, end), = runs_of(pages)
@@ -383,8 +390,11 @@ class SimExecutor(Executor):
         src, length = self.base + first * PAGE, (end - first) * PAGE
         dst = self.base + self.length + PAGE
         flags = MREMAP_MAYMOVE | MREMAP_FIXED
-        self.sim.mremap(src, length, length, flags, dst)
-        self.sim.mremap(dst, length, length, flags, src)
+        try:
+            self.sim.mremap(src, length, length, flags, dst)
+            self.sim.mremap(dst, length, length, flags, src)
+        except OSError as err:
+            raise ProgramCallFailed(f"mremap failed: {os.strerror(err.errno or 0)}") from None
         self._map_fixed(dst, length, PROT_NONE)
 
     def collapse(self, pages: Sequence[int]) -> tuple[int, int]:

@@ -132,7 +132,8 @@ def format_table(rep: dict[str, Any]) -> str:
         lines.append("(no backend to compare)")
     lines += ["", "lost writes / false-positive pages, per workload (pages the workload "
               "changes in brackets; ! = some of its writes failed; refused = the backend "
-              "stopped with an error of its API, see the notes):"]
+              "stopped with an error of its API; call failed = the program's own system "
+              "call failed under the tracker; see the notes):"]
     ww = max(len(w["title"]) for w in rep["workloads"]) + 8
     cw = max([len(r["label"]) for r in rows] + [12])
     lines.append(f"{'workload':<{ww}}" + "".join(f"  {r['label']:>{cw}}" for r in rows))
@@ -149,6 +150,11 @@ def format_table(rep: dict[str, Any]) -> str:
             if c.get("refused"):
                 cells.append("refused")
                 notes.append(f"{r['label']} · {w['name']}: refused: {c['refused']}")
+                continue
+            if c.get("program_error"):
+                cells.append("call failed")
+                notes.append(f"{r['label']} · {w['name']}: the program's own call failed "
+                             f"under the tracker: {c['program_error']}")
                 continue
             t = c["tally"]
             truth = t["truth"] + t["failed_writes"]     # what the workload set out to change
@@ -285,7 +291,7 @@ def plot(rep: dict[str, Any], path: str) -> None:
         ax.set_ylim(0, top * 8)
         ax.set_xlim(-0.5, len(wl) - 0.5)
         ax.set_xticks(range(len(wl)), [w["name"] for w in wl])
-        ax.set_title(title + "  (o = 0, x = no result: error or refused)", fontsize=10)
+        ax.set_title(title + "  (o = 0, x = no result: error, refused or call failed)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     ax = fig.add_subplot(grid[2, 0])
     for j, r in enumerate(rows):

@@ -26,8 +26,8 @@ from .._describe import capabilities_json
 from ..backends import backend_class, backend_names, probe
 from ..constants import PAGE_SIZE
 from ..errors import BackendUnavailable, RangeError
-from .executors import (SIM_MODELS, Executor, RealExecutor, SimExecutor, WorkloadError,
-                        sim_playable, sim_status)
+from .executors import (SIM_MODELS, Executor, ProgramCallFailed, RealExecutor, SimExecutor,
+                        WorkloadError, sim_playable, sim_status)
 from .report import Progress
 from .workloads import WORKLOAD_NAMES, Workload, build_workloads
 
@@ -81,11 +81,14 @@ def run_workload(w: Workload, ex: Executor) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         _play(w, ex, tally, notes, counters)
-    except RangeError as err:
-        # the backend refuses to go on (e.g. the range was remapped under it): an
-        # outcome, not a failure; what it had reported until then is not scored
+    except (RangeError, ProgramCallFailed) as err:
+        # the backend refuses to go on (e.g. the range was remapped under it), or the
+        # program's own call failed under the tracker: an outcome, not a failure of
+        # the comparison; what was reported until then is not scored
+        key = "refused" if isinstance(err, RangeError) else "program_error"
         return {"tally": None, "seconds": time.perf_counter() - t0, "notes": notes,
-                "error": None, "refused": f"{type(err).__name__}: {err}"}
+                "error": None, "refused": None, "program_error": None,
+                key: f"{type(err).__name__}: {err}"}
     failed_kw, total_kw = counters["failed_kw"], counters["total_kw"]
     collapsed, tried = counters["collapsed"], counters["tried"]
     tally.failed_writes = failed_kw
@@ -96,7 +99,7 @@ def run_workload(w: Workload, ex: Executor) -> dict[str, Any]:
     if tried:
         notes.append(f"MADV_COLLAPSE collapsed {collapsed} of {tried} 2 MiB blocks")
     return {"tally": tally.as_json(), "seconds": time.perf_counter() - t0, "notes": notes,
-            "error": None, "refused": None}
+            "error": None, "refused": None, "program_error": None}
 
 
 def _play(w: Workload, ex: Executor, tally: Tally, notes: list[str],
@@ -437,7 +440,8 @@ def run_compare(*, npages: int, rounds: int = 3, repeat: int = 3, seed: int = 1,
             else:
                 errors += 1
                 cell = {"tally": None, "seconds": None, "notes": [],
-                        "error": res.get("error", "failed"), "refused": None}
+                        "error": res.get("error", "failed"), "refused": None,
+                        "program_error": None}
             cells[w.name] = cell
         speed = None
         speed_error = None

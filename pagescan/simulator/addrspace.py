@@ -407,7 +407,8 @@ class AddressSpace(PageTables):
         v = self._vma_at(a) if 0 <= a < self.npages else None
         if v is None:
             raise _err(errno.EFAULT, "mremap: the old address is not mapped")
-        if flags & MREMAP_FIXED and on == nn and a + on > v.end:
+        if flags & MREMAP_FIXED and on == nn and a + on > v.end \
+                and self.config.mremap_multi_vma:
             return self._move_multi(a, on, d)
         if flags & MREMAP_FIXED or nn > on:
             if min(on, nn) > v.end - a:

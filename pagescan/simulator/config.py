@@ -3,6 +3,7 @@ derived from it."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,9 @@ class KernelConfig:
     uffd_wp_async: bool = True
     #: MADV_GUARD_INSTALL / REMOVE exist (6.13+; file-backed mappings 6.15+)
     guard_regions: bool = True
+    #: a MREMAP_FIXED move without resize may span several VMAs (6.17+); before,
+    #: EFAULT when the old range is not one VMA
+    mremap_multi_vma: bool = True
 
     def __post_init__(self) -> None:
         if self.thp not in ("always", "madvise", "never"):
@@ -63,11 +67,21 @@ class KernelConfig:
         if config is not None:
             kw["soft_dirty"] = "CONFIG_MEM_SOFT_DIRTY=y" in config
             kw["pt_reclaim"] = "CONFIG_PT_RECLAIM=y" in config
+        release = _release()
+        if release is not None and release < (6, 17):
+            kw["mremap_multi_vma"] = False
         probed = _probe_soft_dirty()
         if probed is not None:
             kw["soft_dirty"] = probed
         kw.update(overrides)
         return cls(**kw)
+
+
+def _release() -> tuple[int, int] | None:
+    """(major, minor) of the running kernel."""
+    import platform
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _probe_soft_dirty() -> bool | None:
