@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +30,14 @@ HAS_GUARD = KERNEL >= (6, 15)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
+    """``python -m pagescan ARGS`` with the pagescan this test imports (the guest's
+    working directory is not the checkout)."""
+    import pagescan
+    root = str(Path(pagescan.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])]))
     return subprocess.run([sys.executable, "-m", "pagescan", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
