@@ -915,3 +915,19 @@ def test_the_ascii_fallback():
     assert "1st write µs/page · a ∩ b — ☃".encode("ascii", ASCII_ERRORS) == \
         b"1st write us/page - a & b -- \\u2603"
     assert "µs ∩".encode("latin-1", ASCII_ERRORS) == "µs &".encode("latin-1")
+
+
+def test_watch_demo_buffer_that_cannot_be_allocated_is_an_error(uffd_ok):
+    """Issue 12.17: a --demo-size inside the range that the machine cannot allocate
+    (here: an address-space limit of 1 GiB) ends with exit code 1 and a message
+    naming --demo-size, not a traceback."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    r = subprocess.run([sys.executable, "-m", "pagescan", "watch", "--demo", "--demo-size",
+                        "4096", "--count", "1", "--interval", "100ms"], capture_output=True,
+                       text=True, timeout=60, preexec_fn=limit)
+    assert r.returncode == 1, r.stderr
+    assert "cannot allocate the 4096 MiB demo buffer" in r.stderr
+    assert "--demo-size" in r.stderr and "Traceback" not in r.stderr
