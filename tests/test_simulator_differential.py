@@ -45,6 +45,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernelutil as ku
+from conftest import scaled, slow_seeds
 
 from pagescan import HOLE
 from pagescan import simulator as S
@@ -862,8 +863,9 @@ def run_random(seed: int, steps: int, config: S.KernelConfig | None = None,
 # ------------------------------------------------------------------ the tests
 
 # The size of the run: examples x steps of the state machine, and seeded runs.
+# The default run keeps 10 examples and 2 seeds; --slow (tests/conftest.py) all of them.
 SCALE = float(os.environ.get("PAGESCAN_SIM_DIFF_SCALE", "1"))
-EXAMPLES = max(1, int(100 * SCALE))
+EXAMPLES = max(1, int(scaled(10, 100) * SCALE))
 STEPS = 80
 SEEDS = max(1, int(10 * SCALE))
 SEED_STEPS = 300
@@ -963,7 +965,7 @@ def test_state_machine(lane_ok: None, one_cpu: None) -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("seed", range(SEEDS))
+@pytest.mark.parametrize("seed", slow_seeds(2, SEEDS))
 def test_seeded_runs_with_fork(lane_ok: None, one_cpu: None, seed: int) -> None:
     """Longer seeded runs (deeper states than the state machine reaches), with a
     fork every 40 steps whose child runs its own operations."""
