@@ -680,3 +680,37 @@ def test_a_writer_reaped_by_someone_else(tmp_path: Path) -> None:
         os.waitpid(pending.pid, 0)                # what such a handler does
         assert pending.wait() == 2
     assert ck.restore(path) == bytes(mem)
+
+
+def test_pages_collected_by_a_save_that_fails_early_stay_due(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Regression: the collect resets the written pages; a save that fails after it
+    (fork refused, an error before the child has its run list) must leave them due
+    for the next save, not drop them."""
+    mem = pagescan.allocate(16 * P)
+    path = tmp_path / "early.ckpt"
+    with ck.open(path, mem) as c:
+        c.save()
+        mem[2 * P] = 1
+
+        def no_fork() -> int:
+            raise OSError(12, "Cannot allocate memory")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+        with pytest.raises(ck.SaveFailed, match="Cannot allocate memory"):
+            c.save()
+        monkeypatch.undo()
+        mem[4 * P] = 1
+
+        def broken() -> None:
+            raise RuntimeError("written() failed")
+
+        monkeypatch.setattr(c.tracker, "written", broken)
+        with pytest.raises(RuntimeError, match="written"):
+            c.save()
+        monkeypatch.undo()
+        assert [s.number for s in ck.info(path).saves] == [1]    # no save made of it
+        assert c.save() == 2
+    assert ck.info(path).saves[1].data_bytes == 2 * P
+    assert ck.restore(path) == bytes(mem)

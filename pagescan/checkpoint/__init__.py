@@ -455,22 +455,35 @@ class Checkpoint(_Base):
     def _save_fork(self, number: int, base: bool, runs: Runs, wait: bool) -> Any:
         assert self._tracker is not None
         assert self._view is not None
-        r_runs, w_runs = os.pipe()
-        r_status, w_status = os.pipe()
-        pid = os.fork()
+        pipes: list[int] = []
+        try:
+            r_runs, w_runs = os.pipe()
+            pipes += (r_runs, w_runs)
+            r_status, w_status = os.pipe()
+            pipes += (r_status, w_status)
+            pid = os.fork()
+        except BaseException as err:
+            for fd in pipes:
+                os.close(fd)
+            self._failed(runs, base)      # collected and reset: due in the next save
+            raise SaveFailed(f"save {number} of {self.path} failed: {err}") from err
         if pid == 0:                                          # pragma: no cover - child
             _child(self._fd, self._end, number, base, self._view, r_runs, w_runs,
                    r_status, w_status)
         os.close(r_runs)
         os.close(w_status)
+        p = PendingSave(self, number, pid, r_status, runs, base, 0)
+        self._pending = p
         try:
             if not base:
                 # pages written between the collect and the fork are in the child's view
                 # but were not collected: the child saves them too (they are saved again
                 # by the next save, as they are still marked written)
                 t = self._tracker
-                runs = merge(runs, ((o, e - o) for o, e in t.offsets(t.written())))
-            payload = fmt.runs_bytes(runs)
+                p._runs = runs = merge(runs, ((o, e - o) for o, e in t.offsets(t.written())))
+            p._end = self._end + fmt.save_size(runs)
+            # count, runs, and an end mark: a list cut short is refused by the child
+            payload = fmt.runs_bytes(runs) + _END_OF_RUNS
             try:
                 os.write(w_runs, len(runs).to_bytes(8, "little"))
                 view = memoryview(payload)
@@ -478,11 +491,12 @@ class Checkpoint(_Base):
                     view = view[os.write(w_runs, view):]
             except BrokenPipeError:
                 pass                          # the child died: its status says why
-        finally:
-            os.close(w_runs)
-        end = self._end + fmt.save_size(runs)
-        p = PendingSave(self, number, pid, r_status, runs, base, end)
-        self._pending = p
+        except BaseException:
+            os.close(w_runs)                  # a short run list: the child gives up
+            p._join()                         # and the runs stay due
+            p._seen = True
+            raise
+        os.close(w_runs)
         if not wait:
             return p
         return p.wait()
@@ -496,6 +510,9 @@ class Checkpoint(_Base):
             view, self._view = self._view, None
             if view is not None:
                 view.release()              # the buffer can be closed/resized again
+
+
+_END_OF_RUNS = b"RUNS-END"
 
 
 def _child(fd: int, pos: int, number: int, base: bool, view: memoryview, r_runs: int,
@@ -516,10 +533,10 @@ def _child(fd: int, pos: int, number: int, base: bool, view: memoryview, r_runs:
             chunks.append(chunk)
         raw = b"".join(chunks)
         count = int.from_bytes(raw[:8], "little")
-        runs = fmt.parse_runs(raw[8:])
-        if len(runs) != count:
-            raise SaveFailed(f"the run list from the parent is cut short ({len(runs)} of "
-                             f"{count} runs)")
+        if len(raw) != 8 + fmt.RUN * count + len(_END_OF_RUNS) or \
+                not raw.endswith(_END_OF_RUNS):
+            raise SaveFailed("the parent did not send the whole run list")
+        runs = fmt.parse_runs(raw[8:-len(_END_OF_RUNS)])
         fmt.write_save(fd, pos, number, base, runs, lambda off, n: view[off:off + n])
         os.write(w_status, b"ok")
         code = 0
