@@ -789,6 +789,8 @@ BAD_OPTIONS = [
     (["watch", "--demo"], "--top", ["0", "-1", "abc", "1.5", "inf", "9" * 5000], "> 0"),
     (["compare"], "--size", [*BAD_NUMBERS, "1e400M", "3M", "5G", "infM", "nanG"],
      "from 4M to 4G"),
+    (["checkpoint"], "--count", ["0", "-1", "abc", "inf", "nan", "9" * 5000], "> 0"),
+    (["checkpoint"], "--interval", [*BAD_NUMBERS, "1e300"], "from 1ms to 30 days"),
 ]
 PID_CASES = ["0", "-1", "abc", "", "inf", "nan", "1e3", HUGE, str(2**70), "4194305",
              "9" * 5000]
@@ -818,10 +820,11 @@ def test_bad_numbers_are_usage_errors_naming_the_option_and_range(head, option, 
         assert allowed in err, (value, err)
 
 
-@pytest.mark.parametrize("sub", ["scan", "watch"])
+@pytest.mark.parametrize("sub", ["scan", "watch", "checkpoint"])
 def test_bad_pids_are_usage_errors(sub, capsys):
     for value in PID_CASES:
-        err = _usage_error([sub, "--", value], capsys)
+        err = _usage_error([sub, "--", value, *(["f"] if sub == "checkpoint" else [])],
+                           capsys)
         assert "PID" in err and "from 1 to 4194304" in err, (value, err)
 
 
@@ -890,7 +893,8 @@ def test_every_subcommand_prints_on_an_ascii_stream(env, target, uffd_ok):
     cases = [
         (["--help"], 0), (["doctor"], 0), (["doctor", "--json"], 0),
         (["doctor", "--help"], 0), (["scan", "--help"], 0), (["watch", "--help"], 0),
-        (["compare", "--help"], 0),
+        (["compare", "--help"], 0), (["checkpoint", "--help"], 0),
+        (["checkpoint-info", "--help"], 0),
         (["scan", str(p.pid)], 0), (["scan", str(p.pid), "--json"], 0),
         (["scan", str(p.pid), "--range", rng, "--method", "pagemap"], 0),
         (["watch", "--demo", "--count", "1", "--interval", "100ms"], 0),
