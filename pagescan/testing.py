@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import mmap
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -309,19 +308,22 @@ class BackendConformance:
                         lo, hi = r[0] - addr, r[1] - addr
                         shadow[lo:hi] = mv[lo:hi]
 
-                deadline = time.monotonic() + 30
+                collector_done = threading.Event()
 
                 def writer(k: int) -> None:
                     n = 0       # at least `rounds`, and on until several collects ran
-                    while n < rounds or (collects[0] < 5 and time.monotonic() < deadline):
+                    while n < rounds or (collects[0] < 6 and not collector_done.is_set()):
                         for p in range(k, npages, writers):
                             mv[p * PS + n % PS] = n % 255 + 1
                         n += 1
 
                 def collector() -> None:
-                    while not stop.is_set():
-                        copy(t.collect(reset=atomic).regions)
-                        collects[0] += 1
+                    try:
+                        while not stop.is_set():
+                            copy(t.collect(reset=atomic).regions)
+                            collects[0] += 1
+                    finally:
+                        collector_done.set()
 
                 ths = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
                 col = threading.Thread(target=collector)
@@ -357,28 +359,30 @@ class BackendConformance:
         pending = [False] * npages                   # written, not yet reported
         writes = [0] * npages
         reports = [0] * npages
-        lock = threading.Lock()
+        reported = threading.Condition()         # a collect cleared pending pages
         stop = threading.Event()
         try:
             with harness.track(addr, npages * PS) as t:
                 def writer(k: int) -> None:
                     for n in range(rounds):
                         for p in range(k, npages, writers):
-                            while True:
-                                with lock:
-                                    if not pending[p]:
-                                        pending[p] = True
-                                        writes[p] += 1
-                                        break
-                                if stop.is_set():
-                                    return
+                            def free(p: int = p) -> bool:
+                                return not pending[p] or stop.is_set()
+
+                            with reported:      # wait (not spin: the GIL) for a collect
+                                reported.wait_for(free)
+                                if pending[p]:
+                                    return      # stopped
+                                pending[p] = True
+                                writes[p] += 1
                             mv[p * PS + n % PS] = n & 0xFF
 
                 def report(regions: Any) -> None:
-                    with lock:
+                    with reported:
                         for p in pages_of(regions, addr):
                             reports[p] += 1
                             pending[p] = False
+                        reported.notify_all()
 
                 def collector() -> None:
                     while not stop.is_set():
@@ -401,6 +405,8 @@ class BackendConformance:
                     for th in ths:
                         th.join(timeout=120)
                     stop.set()
+                    with reported:
+                        reported.notify_all()
                     col.join(timeout=60)
                 report(t.collect().regions)
         finally:
