@@ -490,17 +490,29 @@ class FirstTouch(Backend):
 
 # Writes 64 new pages every 50 ms for about 1.2 s, then exits.
 WRITER = r"""
-import mmap, time
+import ctypes, mmap, sys
 m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-print("ready", flush=True)
+print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True)
 page = 0
-end = time.monotonic() + 1.2
-while time.monotonic() < end:
+for line in sys.stdin:          # a line: write 64 more pages; end of input: exit
     for _ in range(64):
         m[page * mmap.PAGESIZE] = 1
         page += 1
-    time.sleep(0.05)
+    print("wrote", flush=True)
 """
+
+
+def start_writer() -> tuple[subprocess.Popen, int]:
+    """The WRITER process (it runs until its stdin is closed) and its buffer's address."""
+    w = subprocess.Popen([sys.executable, "-c", WRITER], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    return w, int(w.stdout.readline())
+
+
+def start_watch(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pagescan", "watch", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def install_plugin(where, module: str, source: str, name: str, cls: str) -> dict:
@@ -531,40 +543,67 @@ def _watch_backend_args(plugin_env: dict) -> tuple[list[str], dict | None]:
 
 
 def test_watch_a_process_that_exits(plugin_env):
+    """Synchronised by pipes, not time: the writer writes a batch of 64 pages
+    after each sample the watch prints (the watch is tracking by then), until
+    the watch has reported them; then it exits, and so does the watch."""
     extra, env = _watch_backend_args(plugin_env)
-    w = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, text=True)
+    w, buf = start_writer()
+    watch = start_watch(str(w.pid), "--interval", "100ms", "--json", *extra, env=env)
+    samples: list[dict] = []
+
+    def buffer_pages(s: dict) -> int:
+        return sum(m["pages"] for m in s["mappings"]
+                   if m["start"] is not None and m["start"] <= buf < m["end"])
     try:
-        assert w.stdout.readline().strip() == "ready"
-        r = run("watch", str(w.pid), "--interval", "200ms", "--json", *extra, env=env,
-                timeout=60)
+        batches = 0
+        while batches < 3 or sum(buffer_pages(s) for s in samples) < 64:
+            line = watch.stdout.readline()
+            assert line, watch.communicate(timeout=60)
+            samples.append(json.loads(line))
+            assert len(samples) < 600, "the writer's pages were never reported"
+            if batches < 3:
+                w.stdin.write("go\n")
+                w.stdin.flush()
+                assert w.stdout.readline().strip() == "wrote"
+                batches += 1
+        w.stdin.close()                         # the writer exits
+        w.wait(timeout=60)
+        out, err = watch.communicate(timeout=60)
     finally:
-        w.kill()
-        w.wait()
-    assert r.returncode == 3, (r.stdout, r.stderr)
-    assert f"process {w.pid} exited after" in r.stderr and "watch ended" in r.stderr
-    assert "Traceback" not in r.stderr
-    lines = [json.loads(line) for line in r.stdout.splitlines()]
+        for p in (w, watch):
+            p.kill()
+            p.wait()
+    assert watch.returncode == 3, (out, err)
+    assert f"process {w.pid} exited after" in err and "watch ended" in err
+    assert "Traceback" not in err
+    lines = samples + [json.loads(line) for line in out.splitlines()]
     samples, summary = lines[:-1], lines[-1]["summary"]
     assert summary["ended"] == "exited" and summary["samples"] == len(samples)
-    assert len(samples) >= 2
+    assert len(samples) >= 3
     assert sum(s["pages"] for s in samples) >= 64
-    busiest = max(samples, key=lambda s: s["pages"])
-    assert busiest["mappings"][0]["pages"] >= 64      # the writer's buffer leads
+    busiest = max(samples, key=buffer_pages)     # the writer's buffer leads that sample
+    assert busiest["mappings"][0]["start"] <= buf < busiest["mappings"][0]["end"]
 
 
 def test_watch_a_process_that_exits_plain(plugin_env):
+    """The writer runs until the watch has printed a sample, then exits."""
     extra, env = _watch_backend_args(plugin_env)
-    w = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, text=True)
+    w, _ = start_writer()
+    watch = start_watch(str(w.pid), "--interval", "100ms", "--count", "1000", *extra,
+                        env=env)
     try:
-        w.stdout.readline()
-        r = run("watch", str(w.pid), "--interval", "300ms", "--count", "100", *extra,
-                env=env, timeout=60)
+        first = watch.stdout.readline()         # a sample: the watch is running
+        w.stdin.close()
+        w.wait(timeout=60)
+        out, err = watch.communicate(timeout=60)
     finally:
-        w.kill()
-        w.wait()
-    assert r.returncode == 3
-    assert " total " in r.stdout and "samples over" in r.stdout
-    assert "exited" in r.stderr
+        for p in (w, watch):
+            p.kill()
+            p.wait()
+    assert first.startswith("t=") and " total " in first, (first, err)
+    assert watch.returncode == 3, (out, err)
+    assert "samples over" in out
+    assert "exited" in err
 
 
 def test_watch_count_and_duration_end_the_watch(plugin_env, target):
