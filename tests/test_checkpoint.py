@@ -158,6 +158,8 @@ def test_pending_save_and_the_parent_going_on(tmp_path: Path) -> None:
         assert pending.wait() == 2 and pending.done()
         assert c.last_save == 2
         c.save()
+    with pytest.raises(ChildProcessError):        # every writer was reaped by close()
+        os.waitpid(pending.pid, os.WNOHANG)
     assert ck.restore(path, save=2)[:P + 1] == b"\x01" + bytes(P)
     assert ck.restore(path, save=3) == bytes(mem)
 

@@ -24,6 +24,7 @@ import builtins
 import fcntl
 import gc
 import os
+import select
 import time
 import uuid
 import warnings
@@ -154,6 +155,8 @@ class _Base:
         self.length = header.length
         self._fd = -1
         self._pending: PendingSave | None = None
+        #: writers that reported success and may not have exited yet
+        self._zombies: list[int] = []
         #: runs of a save that failed (written by the next save)
         self._carry: Runs = []
         self._need_base = True
@@ -213,8 +216,28 @@ class _Base:
     def _prepare(self) -> None:
         """Before a save: the previous one is over; a torn tail is cut off."""
         self._settle()
+        self._reap(block=False)
         if os.fstat(self._fd).st_size != self._end:
             os.ftruncate(self._fd, self._end)
+
+    def _saved(self, p: PendingSave) -> None:
+        """A save in flight is over (``p._error`` says how)."""
+        if self._pending is p:
+            self._pending = None
+        if p._error is None:
+            self._finished(p.number, p._end)
+        else:
+            self._failed(p._runs, p._base)
+
+    def _reap(self, block: bool) -> None:
+        """Collect the exit of writers that reported success."""
+        for pid in list(self._zombies):
+            try:
+                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._zombies.remove(pid)
 
     def _finished(self, number: int, end: int) -> None:
         self._end = end
@@ -246,6 +269,7 @@ class _Base:
         try:
             self._settle()
         finally:
+            self._reap(block=True)
             self._release()
             os.close(self._fd)
             self._fd = -1
@@ -294,16 +318,10 @@ class PendingSave:
         return sum(n for _, n in self._runs)
 
     def done(self) -> bool:
-        """Whether the child has finished (without waiting)."""
-        if not self._done:
-            try:
-                pid, status = os.waitpid(self._pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self._pid, -1
-            if pid == 0:
-                return False
-            self._finish(status)
-        return True
+        """Whether the save is over (without waiting)."""
+        if not self._done and select.select([self._status_fd], [], [], 0)[0]:
+            self._join()
+        return self._done
 
     def wait(self) -> int:
         """Wait for the child; the save's number, or :class:`SaveFailed`."""
@@ -314,38 +332,37 @@ class PendingSave:
         return self.number
 
     def _join(self) -> None:
-        if not self._done:
-            try:
-                _, status = os.waitpid(self._pid, 0)
-            except ChildProcessError:
-                # reaped by someone else (a SIGCHLD handler): the status pipe tells
-                status = -1
-            self._finish(status)
-
-    def _finish(self, status: int) -> None:
-        message = b""
-        while True:
-            chunk = os.read(self._status_fd, 4096)
-            if not chunk:
-                break
-            message += chunk
-        os.close(self._status_fd)
-        self._done = True
-        owner = self._owner
-        if owner._pending is self:
-            owner._pending = None
-        exited_ok = status == -1 or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
-        if exited_ok and message == b"ok":
-            owner._finished(self.number, self._end)
+        """The child writes "ok" to the status pipe once the save is committed and
+        fsynced: that ends the save, without waiting for the child's exit (tearing down
+        its copy of the page tables); it is reaped later. Anything else (an error
+        message, or nothing: the child died) is a failure, judged with its exit status."""
+        if self._done:
             return
-        if status != -1 and os.WIFSIGNALED(status):
+        first = os.read(self._status_fd, 4096)
+        if first == b"ok":
+            os.close(self._status_fd)
+            self._done = True
+            self._owner._zombies.append(self._pid)
+            self._owner._saved(self)
+            return
+        message = first
+        while first:
+            first = os.read(self._status_fd, 4096)
+            message += first
+        os.close(self._status_fd)
+        try:
+            _, status = os.waitpid(self._pid, 0)
+        except ChildProcessError:
+            status = -1             # reaped by someone else (a SIGCHLD handler)
+        self._done = True
+        if os.WIFSIGNALED(status) if status != -1 else False:
             why = f"the writer process was killed by signal {os.WTERMSIG(status)}"
         else:
             why = (message.decode(errors="replace") or (
                 "the writer process ended without reporting" if status == -1 else
                 f"the writer process exited with status {os.waitstatus_to_exitcode(status)}"))
-        owner._failed(self._runs, self._base)
-        self._error = SaveFailed(f"save {self.number} of {owner.path} failed: {why}")
+        self._error = SaveFailed(f"save {self.number} of {self._owner.path} failed: {why}")
+        self._owner._saved(self)
 
     def __repr__(self) -> str:
         state = "done" if self._done else "writing"
