@@ -21,6 +21,8 @@ API (``RealExecutor`` / ``SimExecutor`` + ``run_workload``), in this process:
   ``false_positives_per_round`` (writer threads racing collects need not give
   the same answer twice).
 
+A backend that refuses to go on (``run_workload`` returns no tally: e.g. the
+range was remapped under it) is recorded as that ``outcome``, with no accuracy.
 Backends that do not work here are skipped with their probe's reason. A
 simulated row's time is the simulator's own cost, not the mechanism's speed on a
 real kernel. A backend that loses writes does not fail the benchmark: losing
@@ -92,17 +94,26 @@ def test_workload(benchmark: Any, row: Any, workload: Any) -> None:
         for ex in executors:                 # a round that raised: still release it
             ex.close()
 
-    tallies = [r["tally"] for r in results]
     assert all(r["error"] is None for r in results), [r["error"] for r in results]
+    info: dict[str, Any] = {"suite": "compare", "backend": row.label, "kind": row.kind,
+                            "workload": workload.name, "pages": NPAGES}
+    stopped = [r.get("refused") or r.get("program_error") for r in results
+               if r["tally"] is None]
+    if stopped:
+        # the backend refused to go on (a remapped range, ...) or the program's own call
+        # failed under the tracker: an outcome of the comparison, nothing to score
+        info.update({"outcome": stopped[0], "rounds_stopped": len(stopped),
+                     "lost_writes": None, "false_positives": None, "precision": None,
+                     "recall": None})
+        benchmark.extra_info.update(info)
+        return
+    tallies = [r["tally"] for r in results]
     total = {k: sum(t[k] for t in tallies) for k in
              ("truth", "reported", "tp", "fp", "lost", "failed_writes", "reported_twice")}
     tp, fp, lost = total["tp"], total["fp"], total["lost"]
+    benchmark.extra_info.update(info)        # report.accuracy() prints these at the end
     benchmark.extra_info.update({
-        "suite": "compare",                  # report.accuracy() prints these at the end
-        "backend": row.label,
-        "kind": row.kind,
-        "workload": workload.name,
-        "pages": NPAGES,
+        "outcome": "scored",
         "rounds": len(tallies),
         # per round (the sums over every round divided by the rounds)
         "lost_writes": lost / len(tallies),

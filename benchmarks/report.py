@@ -95,6 +95,9 @@ def accuracy(records: Iterable[dict[str, Any]]) -> list[str]:
            f"{'recall':>7} {'median ms':>10}"]
     for r in rows:
         i = r["extra_info"]
+        if i.get("lost_writes") is None:
+            out.append(f"{i['backend']:<22} {i['workload']:<11} {i.get('outcome', '-')}")
+            continue
         out.append(f"{i['backend']:<22} {i['workload']:<11} {i['lost_writes']:>8.1f} "
                    f"{i['false_positives']:>8.1f} {_num(i['precision'], '.4f'):>9} "
                    f"{_num(i['recall'], '.4f'):>7} {r['stats']['median'] * 1e3:>10.3f}")
