@@ -8,6 +8,8 @@ whether the compiled core (``"cython"``) or the pure-Python reference
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._impl import IMPLEMENTATION, IMPORT_ERROR
 from ._impl import impl as _impl
 from ._types import ALL_CATEGORIES, HOLE, Category, Masks, PageRegion, ScanResult
@@ -17,6 +19,9 @@ from .errors import (AccessDenied, BackendUnavailable, KernelError, NoSuchProces
 from .memory import PAGE_SIZE, Memory, allocate
 from ._version import __version__ as __version__
 from .tracker import PartialPageWarning, Tracker, track
+
+if TYPE_CHECKING:      # imported on first use (see __getattr__), typed for checkers
+    from .monitoring import monitor as monitor
 
 RegionArray = _impl.RegionArray
 scan_pages = _impl.scan_pages
@@ -28,16 +33,21 @@ __all__ = [
     "BackendUnavailable", "Category", "KernelError", "Masks", "Memory", "NoSuchProcess",
     "OverlapError", "PageRegion", "PagescanError", "PartialPageWarning", "RangeError",
     "RegionArray", "ScanResult", "Tracker", "TrackerClosed", "allocate", "backend_names",
-    "checkpoint", "coalesce", "pagemap_to_categories", "probe", "probe_all", "scan_pages",
-    "track",
+    "checkpoint", "coalesce", "monitor", "monitoring", "pagemap_to_categories", "probe",
+    "probe_all", "scan_pages", "track",
 ]
 
 #: submodules imported on first use, so that ``import pagescan`` stays fast
-_LAZY_SUBMODULES = frozenset({"checkpoint"})
+_LAZY_SUBMODULES = frozenset({"checkpoint", "monitoring"})
+#: functions of lazily imported submodules: name -> submodule
+_LAZY_FUNCTIONS = {"monitor": "monitoring"}
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY_SUBMODULES:
         import importlib
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_FUNCTIONS:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_FUNCTIONS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

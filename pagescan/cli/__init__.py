@@ -7,6 +7,9 @@
   page categories (pmap with categories); ``--json`` (:mod:`pagescan.cli.scan`).
 * ``pagescan watch PID``: pages and MiB written per second, per mapping and in
   total (QEMU's calc-dirty-rate, for a process) (:mod:`pagescan.cli.watch`).
+* ``pagescan serve --port N PID...``: an OpenMetrics / Prometheus ``/metrics``
+  endpoint of the pages the processes write (:mod:`pagescan.cli.serve`,
+  :mod:`pagescan.monitoring`).
 * ``pagescan compare``: the built-in workloads on every backend, with ground
   truth (:mod:`pagescan.compare`; the options in :mod:`pagescan.cli.compare`).
 * ``pagescan checkpoint PID --range A-B FILE``: incremental checkpoints of ranges
@@ -133,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --demo: the writer runs in a simulated process, watched with "
                    f"--backend (softdirty by default; one of {played}) on the simulated "
                    "kernel")
+    w.add_argument("--openmetrics", action="store_true", help="after every sample, print "
+                   "the counters as OpenMetrics text (ending with '# EOF'), as pagescan "
+                   "serve serves them")
     w.set_defaults(func=cmd_watch, parser=w)
+
+    from . import serve as serve_cli
+    v = sub.add_parser("serve", help="an OpenMetrics / Prometheus endpoint of the pages "
+                       "processes write", description=serve_cli.DESCRIPTION, epilog=epilog)
+    serve_cli.add_arguments(v)
+    v.set_defaults(func=serve_cli.cmd_serve, parser=v)
 
     c = sub.add_parser("compare", help="every backend on the built-in workloads, with ground "
                        "truth", description=compare.DESCRIPTION, epilog=epilog,

@@ -1,45 +1,51 @@
 """``pagescan watch``: pages and MiB written per second, per mapping and in total
-(QEMU's calc-dirty-rate, for a process), of another process or of a demo writer."""
+(QEMU's calc-dirty-rate, for a process), of another process or of a demo writer;
+``--openmetrics`` prints the counters of :class:`pagescan.monitoring.Metrics`
+after every sample. Built on :func:`pagescan.monitor`: this module only chooses
+what to watch (a PID, or the demo writer) and shows the samples."""
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import dataclasses
-import os
 import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pagescan
 
-from .. import procfs
-from ..backends import backend_names, probe
+from .. import monitoring, procfs
 from ..constants import PAGE_SIZE
-from ..errors import AccessDenied, NoSuchProcess, PagescanError
-from .doctor import loaded_class
+from ..errors import AccessDenied, BackendUnavailable, NoSuchProcess
 from .exits import (EXIT_ERROR, EXIT_GONE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, PTRACE_HINT,
                     Exit, UsageError)
 from .output import MIB, Display
 
-__all__ = ["Sample", "attribute", "cmd_watch", "dirty_rate", "other_process_backend"]
-
-Mapping = procfs.Mapping
+__all__ = ["Sample", "Watched", "cmd_watch", "open_demo", "open_process",
+           "other_process_backend"]
 
 
 @dataclasses.dataclass
 class Sample:
-    """One interval of a watch."""
+    """One interval of a watch as the watch shows it (from a
+    :class:`pagescan.monitoring.Sample`)."""
 
     index: int
     t: float            # seconds since the watch started (end of the interval)
     interval: float     # seconds the interval really lasted
     pages: int
     mappings: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, s: monitoring.Sample) -> Sample:
+        maps = [{"start": m.start, "end": m.end, "path": m.label, "pages": m.pages,
+                 "pages_per_s": round(m.pages_per_s, 3),
+                 "mib_per_s": round(m.bytes_per_s / MIB, 6)} for m in s.mappings]
+        return cls(s.index, s.elapsed, s.interval, s.pages, maps)
 
     @property
     def pages_per_s(self) -> float:
@@ -56,122 +62,21 @@ class Sample:
                 "mib_per_s": round(self.mib_per_s, 6), "mappings": self.mappings}
 
 
-def attribute(regions: Any, maps: Sequence[Mapping], interval: float) -> list[dict[str, Any]]:
-    """Written pages per mapping, most written first."""
-    starts = [m.start for m in maps]
-    counts: dict[int, int] = {}
-    other = 0
-    for r in regions:
-        a, b = int(r[0]), int(r[1])
-        while a < b:
-            i = bisect.bisect_right(starts, a) - 1
-            if i < 0 or a >= maps[i].end:
-                # not inside a mapping we know of (mapped since maps was read)
-                nxt = starts[i + 1] if i + 1 < len(starts) else b
-                step = min(b, max(nxt, a + PAGE_SIZE))
-                other += (step - a) // PAGE_SIZE
-                a = step
-                continue
-            e = min(b, maps[i].end)
-            counts[i] = counts.get(i, 0) + (e - a) // PAGE_SIZE
-            a = e
-    out: list[dict[str, Any]] = []
-    for i, n in counts.items():
-        m = maps[i]
-        rate = n / interval if interval > 0 else 0.0
-        out.append({"start": m.start, "end": m.end, "path": m.label, "pages": n,
-                    "pages_per_s": round(rate, 3),
-                    "mib_per_s": round(rate * PAGE_SIZE / MIB, 6)})
-    if other:
-        rate = other / interval if interval > 0 else 0.0
-        out.append({"start": None, "end": None, "path": "[unmapped since]", "pages": other,
-                    "pages_per_s": round(rate, 3),
-                    "mib_per_s": round(rate * PAGE_SIZE / MIB, 6)})
-    out.sort(key=lambda d: (-d["pages"], d["start"] or 0))
-    return out
-
-
-def dirty_rate(tracker: Any, maps: Callable[[], Sequence[Mapping]], interval: float, *,
-               count: int | None = None, duration: float | None = None,
-               alive: Callable[[], bool] = lambda: True,
-               stop: threading.Event | None = None) -> Iterator[Sample]:
-    """Samples of the pages a tracker sees written, one per ``interval`` seconds,
-    until ``count`` samples or ``duration`` seconds (or ``stop`` is set). Raises
-    NoSuchProcess when ``alive()`` turns false (the watched process exited).
-
-    Works with any tracker: ``pagescan.track(pid=PID)`` for another process,
-    ``pagescan.track(buf)`` (uffd) for this process's own memory."""
-    stop = stop or threading.Event()
-    tracker.reset()
-    t0 = last = time.monotonic()
-    i = 0
-    while count is None or i < count:
-        deadline = t0 + (i + 1) * interval
-        if duration is not None:
-            deadline = min(deadline, t0 + duration)
-        if stop.wait(max(0.0, deadline - time.monotonic())):
-            return
-        if not alive():
-            raise NoSuchProcess("exited")
-        try:
-            res = tracker.collect(reset=True)
-        except (PagescanError, OSError):
-            if not alive():
-                raise NoSuchProcess("exited") from None
-            raise
-        now = time.monotonic()
-        dt = now - last
-        last = now
-        regions = res.regions
-        pages = regions.pages(PAGE_SIZE) if hasattr(regions, "pages") else sum(
-            (r[1] - r[0]) // PAGE_SIZE for r in regions)
-        yield Sample(i, now - t0, dt, pages, attribute(regions, maps(), dt))
-        i += 1
-        if duration is not None and now - t0 >= duration - 1e-3:
-            return
-
-
 SIMULATE_HINT = (" (pagescan watch --demo --simulate plays the watch on a simulated "
                  "process with soft-dirty)")
 
 
 def other_process_backend(name: str) -> str:
-    """The backend to watch another process with; Exit(5) with every reason if none."""
-    if name != "auto":
-        if name not in backend_names():
-            raise UsageError(f"unknown backend {name!r}; known: "
-                             + ", ".join(backend_names()))
-        cls = loaded_class(name)
-        if cls is not None and not cls.capabilities.real:
-            raise UsageError(f"backend {name!r} tracks simulated processes, not process "
-                             "IDs of this machine: use watch --demo --simulate")
-        p = probe(name)
-        if not p.ok:
-            raise Exit(EXIT_UNAVAILABLE, f"backend {name!r} is unavailable: {p.reason}"
-                       + SIMULATE_HINT)
-        if cls is not None and not cls.capabilities.other_processes:
-            raise Exit(EXIT_UNAVAILABLE, f"backend {name!r} tracks only the memory of the "
-                       "process that uses it, not another process's; use softdirty (or "
-                       "watch --demo for this process's own memory)")
-        return name
-    reasons = []
-    candidates = []
-    for n in backend_names():
-        cls = loaded_class(n)
-        p = probe(n)
-        caps = None if cls is None else cls.capabilities
-        if caps is not None and not caps.real:
-            continue          # the simulator is chosen by name only
-        if caps is not None and not caps.other_processes:
-            reasons.append(f"{n}: tracks only its own process")
-        elif not p.ok or cls is None:
-            reasons.append(f"{n}: {p.reason}")
-        else:
-            candidates.append((cls.priority, n))
-    if not candidates:
-        raise Exit(EXIT_UNAVAILABLE, "no backend here can watch another process's writes; "
-                   + "; ".join(reasons) + SIMULATE_HINT)
-    return max(candidates)[1]
+    """The backend to watch another process with
+    (:func:`pagescan.monitoring.other_process_backend`); a usage error for a name
+    that cannot, Exit(5) with every reason if none works here."""
+    try:
+        return monitoring.other_process_backend(name)
+    except ValueError as err:
+        hint = ": use watch --demo --simulate" if "simulated" in str(err) else ""
+        raise UsageError(f"{err}{hint}") from None
+    except BackendUnavailable as err:
+        raise Exit(EXIT_UNAVAILABLE, f"{err}{SIMULATE_HINT}") from None
 
 
 def _demo_writer(store: Callable[[list[int]], None], npages: int, rate: float,
@@ -194,41 +99,31 @@ def _demo_writer(store: Callable[[list[int]], None], npages: int, rate: float,
 
 
 @dataclasses.dataclass
-class _Watched:
-    """What a watch looks at: a tracker, the mappings to attribute pages to, whether
-    the process is alive, and (--demo) the writer to run and what to free after."""
+class Watched:
+    """What a watch (or serve) looks at: a monitor, and with --demo the writer to
+    run and what to free after."""
 
-    tracker: Any
-    maps: Callable[[], Sequence[Mapping]]
-    alive: Callable[[], bool]
+    monitor: monitoring.Monitor
     title: str
-    pid: int
     store: Callable[[list[int]], None] | None = None
     npages: int = 0
     cleanup: Callable[[], None] = lambda: None
 
-
-class _LockedTracker:
-    """A tracker whose calls hold a lock the demo writer also takes (the simulated
-    process is not thread-safe)."""
-
-    def __init__(self, tracker: Any, lock: threading.Lock) -> None:
-        self._t, self._lock = tracker, lock
-
-    def reset(self) -> None:
-        with self._lock:
-            self._t.reset()
-
-    def collect(self, reset: bool = True) -> Any:
-        with self._lock:
-            return self._t.collect(reset=reset)
+    def writer(self, rate: float, stop: threading.Event) -> threading.Thread | None:
+        """The demo writer's thread (not started), or None."""
+        if self.store is None:
+            return None
+        return threading.Thread(target=_demo_writer, daemon=True,
+                                args=(self.store, self.npages, rate, stop))
 
     def close(self) -> None:
-        with self._lock:
-            self._t.close()
+        self.monitor.close()
+        self.cleanup()
 
 
-def _watch_demo(args: argparse.Namespace) -> _Watched:
+def open_demo(args: argparse.Namespace, count: int | None = None,
+              duration: float | None = None) -> Watched:
+    """The --demo writer's buffer, tracked and monitored."""
     npages = args.demo_size * MIB // PAGE_SIZE
     if args.simulate:
         from .. import compare
@@ -250,12 +145,16 @@ def _watch_demo(args: argparse.Namespace) -> _Watched:
         def store_sim(pages: list[int]) -> None:
             with lock:
                 ex.write(pages)
-        maps_sim = [Mapping(ex.base, ex.base + ex.length, "rw-p", 0, "00:00", 0,
-                            "[simulated demo buffer]")]
-        return _Watched(_LockedTracker(ex.tracker, lock), lambda: maps_sim, lambda: True,
-                        f"pagescan watch --demo --simulate: {args.demo_rate:g} pages/s "
-                        f"written into {args.demo_size} MiB of simulated process "
-                        f"{ex.sim.pid}, {ex.label}", ex.sim.pid, store_sim, npages, ex.close)
+        try:
+            mon = monitoring.monitor(ex.tracker, args.interval, count=count,
+                                     duration=duration, label="[simulated demo buffer]",
+                                     lock=lock)
+        except BaseException:
+            ex.close()
+            raise
+        return Watched(mon, f"pagescan watch --demo --simulate: {args.demo_rate:g} pages/s "
+                       f"written into {args.demo_size} MiB of simulated process "
+                       f"{ex.sim.pid}, {ex.label}", store_sim, npages, ex.close)
     try:
         mem = pagescan.allocate(npages * PAGE_SIZE)
     except (MemoryError, OSError, ValueError) as err:
@@ -274,16 +173,20 @@ def _watch_demo(args: argparse.Namespace) -> _Watched:
     def cleanup() -> None:
         tracker.close()
         mem.close()
-    maps_real = [Mapping(tracker.start, tracker.end, "rw-p", 0, "00:00", 0,
-                         "[pagescan demo buffer]")]
-    return _Watched(tracker, lambda: maps_real, lambda: True,
-                    f"pagescan watch --demo: {args.demo_rate:g} pages/s written into "
-                    f"{args.demo_size} MiB of this process, backend {tracker.backend}",
-                    os.getpid(), store, npages, cleanup)
+    try:
+        mon = monitoring.monitor(tracker, args.interval, count=count, duration=duration,
+                                 label="[pagescan demo buffer]")
+    except BaseException:
+        cleanup()
+        raise
+    return Watched(mon, f"pagescan watch --demo: {args.demo_rate:g} pages/s written into "
+                   f"{args.demo_size} MiB of this process, backend {tracker.backend}",
+                   store, npages, cleanup)
 
 
-def _watch_process(args: argparse.Namespace) -> _Watched:
-    pid = args.pid
+def open_process(args: argparse.Namespace, pid: int, count: int | None = None,
+                 duration: float | None = None) -> Watched:
+    """Process ``pid`` monitored, with the backend of ``--backend``."""
     if args.simulate:
         raise UsageError("--simulate plays the watch on a simulated process running the "
                          "demo writer (use it with --demo): the simulator cannot see a real "
@@ -293,62 +196,70 @@ def _watch_process(args: argparse.Namespace) -> _Watched:
     procfs.read_maps(pid)      # permission check with a clear message before any backend
     name = other_process_backend(args.backend)
     try:
-        tracker = pagescan.track(pid=pid, backend=name)
+        mon = monitoring.monitor(pid, args.interval, backend=name, count=count,
+                                 duration=duration)
     except PermissionError as err:
         raise AccessDenied(f"cannot track process {pid}: {err}; " + PTRACE_HINT) from err
-
-    def maps() -> Sequence[Mapping]:
-        try:
-            return procfs.read_maps(pid)
-        except NoSuchProcess:
-            return []
-    return _Watched(tracker, maps, lambda: procfs.alive(pid),
-                    f"pagescan watch {pid} ({procfs.process_name(pid)[:60]}), backend "
-                    f"{tracker.backend}, every {args.interval:g} s", pid,
-                    cleanup=tracker.close)
+    return Watched(mon, f"pagescan watch {pid} ({mon.comm[:60]}), backend {mon.backend}, "
+                   f"every {args.interval:g} s")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     if (args.pid is None) == (not args.demo):
         raise UsageError("give a PID to watch, or --demo (not both)")
-    watched = _watch_demo(args) if args.demo else _watch_process(args)
+    if args.openmetrics and args.json:
+        raise UsageError("--openmetrics and --json are two output formats: give one")
+    if args.demo:
+        watched = open_demo(args, args.count, args.duration)
+    else:
+        watched = open_process(args, args.pid, args.count, args.duration)
+    mon = watched.monitor
     stop = threading.Event()
-    writer = None
-    if watched.store is not None:
-        writer = threading.Thread(target=_demo_writer, daemon=True,
-                                  args=(watched.store, watched.npages, args.demo_rate, stop))
+    writer = watched.writer(args.demo_rate, stop)
     display = Display(sys.stdout, json_lines=args.json, top=args.top,
-                      tty=sys.stdout.isatty() and not args.json, title=watched.title)
+                      tty=sys.stdout.isatty() and not args.json and not args.openmetrics,
+                      title=watched.title)
+    metrics = monitoring.Metrics() if args.openmetrics else None
+    if metrics is not None:
+        metrics.register(mon)
     old = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum: int, frame: Any) -> None:
-        stop.set()
+        mon.stop()
     signal.signal(signal.SIGINT, on_sigint)
     ended, code, message = "count", EXIT_OK, ""
+    shown: list[Sample] = []
     try:
         if writer is not None:
             writer.start()
-        for sample in dirty_rate(watched.tracker, watched.maps, args.interval,
-                                 count=args.count, duration=args.duration,
-                                 alive=watched.alive, stop=stop):
-            display.show(sample)
-        if stop.is_set():
+        for sample in mon:
+            view = Sample.of(sample)
+            if metrics is None:
+                display.show(view)
+            else:
+                shown.append(view)
+                metrics.add(sample, mon.capabilities)
+                sys.stdout.write(metrics.render(openmetrics=True))
+                sys.stdout.flush()
+        if mon.stopped:
             ended, message = "interrupted", "interrupted"
-            code = EXIT_OK if display.samples else EXIT_INTERRUPTED
+            code = EXIT_OK if display.samples or shown else EXIT_INTERRUPTED
         elif args.count is None:
             ended = "duration"
     except NoSuchProcess:
-        secs = display.samples[-1].t if display.samples else 0.0
+        done = display.samples or shown
+        secs = done[-1].t if done else 0.0
         ended, code = "exited", EXIT_GONE
-        message = (f"process {watched.pid} exited after {len(display.samples)} samples "
+        message = (f"process {mon.pid} exited after {len(done)} samples "
                    f"({secs:.2f} s); watch ended")
     finally:
         stop.set()
         signal.signal(signal.SIGINT, old)
         if writer is not None:
             writer.join()
-        watched.cleanup()
-    display.summary(ended, message)
+        watched.close()
+    if metrics is None:
+        display.summary(ended, message)
     if ended == "exited":
         sys.stderr.write(f"pagescan: {message}\n")
     return code
