@@ -643,7 +643,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         om = wants_openmetrics(self.headers.get("Accept"))
         body = self.server.metrics.render(openmetrics=om).encode()
-        self._send(200, OPENMETRICS_CONTENT_TYPE if om else PROMETHEUS_CONTENT_TYPE, body)
+        ctype = OPENMETRICS_CONTENT_TYPE if om else PROMETHEUS_CONTENT_TYPE
+        self.server.scrapes.append((str(self.headers.get("Accept")), ctype))
+        del self.server.scrapes[:-16]
+        self._send(200, ctype, body)
 
     def _send(self, code: int, ctype: str, body: bytes) -> None:
         self.send_response(code)
@@ -659,6 +662,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     metrics: Metrics
+    scrapes: list[tuple[str, str]]
 
 
 class MetricsServer:
@@ -669,12 +673,19 @@ class MetricsServer:
         self.metrics = metrics
         self._httpd = _Server((host, port), _Handler)
         self._httpd.metrics = metrics
+        self._httpd.scrapes = []
         self.host = host
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name="pagescan-metrics", daemon=True)
         self._thread.start()
+
+    @property
+    def scrapes(self) -> list[tuple[str, str]]:
+        """The latest scrapes of /metrics (at most 16): (Accept header, Content-Type
+        served)."""
+        return list(self._httpd.scrapes)
 
     @property
     def url(self) -> str:
