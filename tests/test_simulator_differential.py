@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernelutil as ku
 from conftest import scaled, slow_seeds
 
-from pagescan import HOLE
+from pagescan import HOLE, Category
 from pagescan import simulator as S
 from pagescan._impl import IMPLEMENTATION, impl
 
@@ -65,6 +65,10 @@ PR_SET_THP_DISABLE = 41
 _libc.prctl.restype = ctypes.c_int
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
+_io = ctypes.CDLL(None, use_errno=True)         # read()/write() on raw addresses
+for _f in (_io.read, _io.write):
+    _f.restype = ctypes.c_ssize_t
+    _f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _libc.mremap.restype = ctypes.c_void_p
 _libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
                          ctypes.c_void_p]
@@ -164,6 +168,22 @@ class SimLane:
 
     def file_write(self, pgoff: int, n: int) -> None:
         self.file.write(pgoff * PAGE, n * PAGE)
+
+    def syscall_touch(self, page: int, write: bool) -> None:
+        """A system call accessing one page (read() into it, write() from it): a
+        SIGBUS the program would get is EFAULT (what the fault did stays)."""
+        try:
+            self.touch(page, 1, write)
+        except S.BusError as e:
+            raise OSError(errno.EFAULT, str(e)) from None
+
+    def uffd_unregister_other(self, page: int, n: int) -> None:
+        """UFFDIO_UNREGISTER through a second userfaultfd (then closed)."""
+        other = self.p.userfaultfd()
+        try:
+            other.unregister(self.addr(page), n * PAGE)
+        finally:
+            other.close()
 
     def uffd_open(self) -> None:
         self.uffd_close()
@@ -268,6 +288,35 @@ class RealLane:
 
     def file_write(self, pgoff: int, n: int) -> None:
         os.pwrite(self.fd, b"\x5a" * (n * PAGE), pgoff * PAGE)
+
+    def syscall_touch(self, page: int, write: bool) -> None:
+        """read() from /dev/zero into the page (a write fault in the kernel) or
+        write() from it into a pipe (a read fault): EFAULT where the program's own
+        access would be SIGBUS/SIGSEGV."""
+        if write:
+            fd = os.open("/dev/zero", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                n = _io.read(fd, self.addr(page), PAGE)
+            finally:
+                os.close(fd)
+        else:
+            r, w = os.pipe()
+            try:
+                n = _io.write(w, self.addr(page), PAGE)
+            finally:
+                os.close(r)
+                os.close(w)
+        if n < 0:
+            raise ku._err("read()" if write else "write()")
+        assert n == PAGE, n
+
+    def uffd_unregister_other(self, page: int, n: int) -> None:
+        """UFFDIO_UNREGISTER through a second userfaultfd (then closed)."""
+        other = ku.open_uffd_wp_async()
+        try:
+            ku.uffd_unregister(other, self.addr(page), n * PAGE)
+        finally:
+            os.close(other)
 
     def uffd_open(self) -> None:
         self.uffd_close()
@@ -462,7 +511,7 @@ class Pair:
     def _fault_around(self, cs: np.ndarray, cr: np.ndarray) -> bool:
         """Accept a page that the last read's fault-around left unmapped on the
         real side (its folio was locked at that moment: migration, reclaim)."""
-        present = np.uint64(int(S.Category.PRESENT))
+        present = np.uint64(int(Category.PRESENT))
         done = False
         for i in np.flatnonzero(cs != cr).tolist():
             if cs[i] & present and not cr[i] & present and \
@@ -474,7 +523,7 @@ class Pair:
 
     def _khugepaged(self, cs: np.ndarray, cr: np.ndarray) -> bool:
         """Accept khugepaged collapses of blocks the model says may collapse."""
-        huge = int(S.Category.HUGE)
+        huge = int(Category.HUGE)
         done = False
         for blk in np.unique(np.flatnonzero(cs != cr) // BLOCK):
             seg_r = cr[blk * BLOCK:(blk + 1) * BLOCK]
@@ -990,3 +1039,80 @@ def test_every_page_state_is_reached(lane_ok: None, one_cpu: None) -> None:
             "WPA|W|P", "WPA|P", "WPA|P|Z", "WPA|F|P", "WPA|W|S|G", "HOLE"}
     assert want <= seen, f"never reached: {sorted(want - seen)}"
     assert pair.stats.get("scan:ok+regions", 0) > 20
+
+
+# ------------------------------------------------------------------ past the end of a file
+# (issue 12 item 7: cases an independent differential found; the random runs above
+# never make an access the model says faults, so these are driven by system calls,
+# which get EFAULT where the program's own access would get SIGBUS)
+
+RW = ku.PROT_READ | ku.PROT_WRITE
+EOF_PAGES = 24                                 # file pages the mapping has before EOF
+
+
+def _past_eof_pair(private: bool = True) -> Pair:
+    """A 32-page file mapping at the window's start (a PMD boundary) whose last 8
+    pages lie past the end of the file; the file's last 24 pages are cached."""
+    pair = Pair(host_config())
+    pair.op("file_write", FILE_PAGES - EOF_PAGES, EOF_PAGES)
+    pair.op("mmap", 0, 32, RW, "file" if private else "fileshared", False,
+            FILE_PAGES - EOF_PAGES)
+    pair.compare()
+    return pair
+
+
+@pytest.mark.kernel
+def test_cow_fault_past_eof_prepares_anon_vma(lane_ok: None, one_cpu: None) -> None:
+    """A write past EOF to a private file mapping is SIGBUS, but do_cow_fault()
+    prepared the VMA's anon_vma first: fork() then copies its page tables (the
+    file pages read before are present in the child)."""
+    pair = _past_eof_pair()
+    try:
+        pair.touch(1, 1, False)                  # maps pages 0-15 (fault-around)
+        pair.compare()
+        out = pair.op("syscall_touch", 28, True)
+        assert out.err == errno.EFAULT, out
+        pair.compare()
+        fork_compare(pair, random.Random(0), 0)
+    finally:
+        pair.close()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("private", [True, False], ids=["private", "shared"])
+def test_read_fault_past_eof_faults_around_first(lane_ok: None, one_cpu: None,
+                                                 private: bool) -> None:
+    """A read past EOF is SIGBUS after do_read_fault() mapped the cached pages
+    around it (pages 16-23 of the fault-around window 16-31 are inside the file)."""
+    pair = _past_eof_pair(private)
+    try:
+        out = pair.op("syscall_touch", 30, False)
+        assert out.err == errno.EFAULT, out
+        pair.compare()
+        assert pair.sim.categories()[16:24].tolist() == pair.real.categories()[16:24].tolist()
+        assert all(int(c) & int(Category.PRESENT) for c in pair.sim.categories()[16:24])
+    finally:
+        pair.close()
+
+
+@pytest.mark.kernel
+def test_unregister_through_another_userfaultfd(lane_ok: None, one_cpu: None) -> None:
+    """UFFDIO_UNREGISTER through a userfaultfd that did not register the range is
+    EINVAL, and the range stays registered (write-protecting it still works)."""
+    pair = Pair(host_config())
+    try:
+        pair.op("mmap", 0, 16, RW, "anon", False, 0)
+        pair.op("mmap", 16, 16, RW, "anon", False, 0)
+        pair.op("uffd_open")
+        pair.op("uffd_register", 0, 16)
+        pair.touch(0, 32, True)
+        out = pair.op("uffd_unregister_other", 0, 32)
+        assert out.err == errno.EINVAL, out
+        pair.compare()
+        assert pair.op("uffd_wp", 0, 16, True).err is None
+        pair.compare()
+        assert pair.op("uffd_unregister_other", 16, 16).err is None   # not registered: fine
+        assert pair.op("uffd_unregister", 0, 16).err is None
+        pair.compare()
+    finally:
+        pair.close()

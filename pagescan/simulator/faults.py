@@ -149,6 +149,31 @@ class Faults(AddressSpace):
                 self._folio[i] = 0
             pte[i] = (p & ~(P_WP | P_SHARED)) | P_SD | P_DATA
 
+    def _sigbus(self, i: int, write: bool) -> None:
+        """What the kernel does before it answers SIGBUS for page i, past the end
+        of the mapped file: do_fault() takes the same path as for a page inside
+        the file, and only __do_fault() finds no page. A write to a private
+        mapping is do_cow_fault(), which prepares the anon_vma first (so fork
+        then copies the VMA's tables, and its merging changes); a read is
+        do_read_fault(), which maps the cached pages around first."""
+        v = self._vma_at(i)
+        if v is None or v.file is None:
+            return
+        if write:
+            if not v.shared:
+                self._anon_prepare(v)
+            return
+        blk = i // PMD_PAGES
+        kind = int(self._pmd[blk]) & B_KIND
+        if kind not in (K_NONE, K_TABLE) or self._pte[i] or v.uffd is not None \
+                or self.config.fault_around_pages <= 1:
+            return
+        self._pmd[blk] = K_TABLE
+        self._fault_around(v, i)
+        if kind == K_NONE and not self.prefaulted:
+            self._pmd[blk] = K_NONE          # filemap_map_pmd() installs a table only
+            #                                  when it maps a page
+
     def _fault_around(self, v: Vma, i: int) -> None:
         """do_fault_around(): map the page-cache pages around i that are in the cache,
         within the same 16-page window, PTE table, VMA and file."""
@@ -166,7 +191,8 @@ class Faults(AddressSpace):
             return
         seg = self._pte[lo:hi]
         m = (seg == 0) & f.cached[f0:f0 + (hi - lo)]
-        m[i - lo] = False                    # the faulting page itself is not "around"
+        if i < hi:                           # (past the end of the file: beyond hi)
+            m[i - lo] = False                # the faulting page itself is not "around"
         seg[m] = P_PRESENT | P_FILE
         f.mapcount[f0:f0 + (hi - lo)][m] += 1
         self.prefaulted.extend((np.flatnonzero(m) + lo).tolist())
@@ -183,6 +209,9 @@ class Faults(AddressSpace):
         while i < b:
             try:
                 v = self._check(i, write)
+            except BusError:
+                self._sigbus(i, write)
+                raise
             except SegmentationFault:
                 # SIGSEGV: a handler the program installed (the mprotect backend's,
                 # simulator/sigsegv.py) may fix the cause; the store is then retried

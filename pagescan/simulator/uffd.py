@@ -117,6 +117,12 @@ class UffdMixin(Faults):
         vs = self._vmas_in(a, b) if a < b else []
         if not vs:
             raise _err(errno.EINVAL, "UFFDIO_UNREGISTER: no mapping in the range")
+        for v in vs:
+            if v.uffd is not None and v.uffd is not uf:
+                # userfaultfd_unregister(): not through another userfaultfd than the
+                # one that registered; nothing in the range is unregistered
+                raise _err(errno.EINVAL, "UFFDIO_UNREGISTER: the range is registered "
+                           "with another userfaultfd")
         self._modify(a, b, lambda v: v.uffd is not None, self._clear_uffd)
 
     def _uffd_release(self, uf: SimUffd) -> None:
