@@ -31,7 +31,10 @@ from pagescan.checkpoint import _format as fmt
 from conftest import require
 
 P = mmap.PAGESIZE
-ROOT = Path(__file__).resolve().parent.parent
+#: where the pagescan under test is imported from (the source tree or site-packages):
+#: child Python processes import the same one
+IMPORT_ROOT = str(Path(pagescan.__file__).resolve().parent.parent)
+CHILD_ENV = dict(os.environ, PYTHONPATH=IMPORT_ROOT)
 
 
 def _backends() -> list[str]:
@@ -388,7 +391,6 @@ def test_a_failed_save_not_waited_for_is_raised_by_the_next(tmp_path: Path,
 
 PROGRAM = """
 import os, sys
-sys.path.insert(0, {root!r})
 import pagescan, pagescan.checkpoint as ck
 mem = pagescan.allocate(32 * 4096)
 mem[:] = bytes(range(256)) * 512
@@ -406,9 +408,9 @@ print("not reached")
 def test_kill_9_of_a_whole_process_mid_save(tmp_path: Path) -> None:
     path = tmp_path / "proc.ckpt"
     r, w = os.pipe()
-    prog = PROGRAM.format(root=str(ROOT), env=fmt.STALL_ENV, stall=2 * P + 5)
+    prog = PROGRAM.format(env=fmt.STALL_ENV, stall=2 * P + 5)
     proc = subprocess.Popen([sys.executable, "-c", prog, str(path), str(w)], pass_fds=(w,),
-                            stdout=subprocess.PIPE)
+                            stdout=subprocess.PIPE, env=CHILD_ENV)
     os.close(w)
     try:
         assert os.read(r, 1) == b"s"
@@ -432,7 +434,6 @@ def test_kill_9_of_a_whole_process_mid_save(tmp_path: Path) -> None:
 
 FULL_DISK = """
 import os, resource, sys
-sys.path.insert(0, {root!r})
 import pagescan, pagescan.checkpoint as ck
 mem = pagescan.allocate(32 * 4096)
 c = ck.open(sys.argv[1], mem)
@@ -457,7 +458,7 @@ def test_full_disk_mid_save(tmp_path: Path) -> None:
     """A write that fails with EFBIG (RLIMIT_FSIZE, as a full disk fails with ENOSPC)
     leaves a torn tail; the next save cuts it and writes the failed save's pages."""
     path = tmp_path / "full.ckpt"
-    out = subprocess.run([sys.executable, "-c", FULL_DISK.format(root=str(ROOT)), str(path)],
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], env=CHILD_ENV,
                          capture_output=True, text=True, check=True).stdout
     assert "File too large" in out and "saved 2" in out and out.endswith("ok\n")
     i = ck.info(path)
@@ -666,7 +667,7 @@ def test_import_pagescan_does_not_load_checkpoint() -> None:
     code = ("import sys, pagescan; assert 'pagescan.checkpoint' not in sys.modules; "
             "assert pagescan.checkpoint.open; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stdout
+                         env=CHILD_ENV, check=True).stdout
     assert out == "ok\n"
 
 
