@@ -120,7 +120,7 @@ def forbidden():
 def test_help_and_version():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("doctor", "scan", "watch", "compare"):
+    for cmd in ("doctor", "scan", "watch", "compare", "serve"):
         assert cmd in r.stdout
     r = run("--version")
     assert r.returncode == 0 and pagescan.__version__ in r.stdout
@@ -637,6 +637,158 @@ def test_watch_ends_cleanly_on_ctrl_c():
     summary = json.loads(out.splitlines()[-1])["summary"]
     assert summary["ended"] == "interrupted" and summary["samples"] >= 1
     assert "Traceback" not in err
+
+
+# ------------------------------------------- watch --openmetrics and serve (issue 15)
+
+
+def _om_families(text: str) -> dict:
+    """{(name, labels...): value} of one OpenMetrics exposition, by the official parser."""
+    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+    out = {}
+    for fam in parser.text_string_to_metric_families(text):
+        for smp in fam.samples:
+            out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    return out
+
+
+def _written(parsed: dict, mapping: str) -> float:
+    (v,) = [v for (name, labels), v in parsed.items()
+            if name == "pagescan_pages_written_total" and dict(labels)["mapping"] == mapping]
+    return v
+
+
+def test_watch_openmetrics_prints_an_exposition_per_sample():
+    """On a simulated process (soft-dirty): one exposition per sample, each ending with
+    '# EOF' and parsed by prometheus_client; the counters only grow; the backend's
+    accuracy is a label."""
+    r = run("watch", "--demo", "--simulate", "--demo-rate", "2000", "--demo-size", "4",
+            "--interval", "100ms", "--count", "3", "--openmetrics")
+    assert r.returncode == 0, r.stderr
+    parts = r.stdout.split("# EOF\n")
+    assert parts[-1] == "" and len(parts) == 4
+    values = []
+    for part in parts[:-1]:
+        parsed = _om_families(part + "# EOF\n")
+        samples = [v for (name, _), v in parsed.items() if name == "pagescan_samples_total"]
+        assert samples == [len(values) + 1]
+        values.append(_written(parsed, "[simulated demo buffer]") if any(
+            n == "pagescan_pages_written_total" for n, _ in parsed) else 0)
+        info = [dict(k) for (name, k) in parsed if name == "pagescan_backend_info"]
+        assert info[0]["mechanism"] == "softdirty" and info[0]["exact"] == "false"
+    assert values == sorted(values) and values[-1] > 0
+    assert "samples over" not in r.stdout          # the text summary is not mixed in
+
+
+def test_watch_openmetrics_and_json_is_a_usage_error():
+    r = run("watch", "--demo", "--openmetrics", "--json", "--count", "1")
+    assert r.returncode == 2 and "--openmetrics" in r.stderr
+
+
+@pytest.mark.parametrize("args,code,words", [
+    ([], 2, "at least one PID"), (["--port", "70000", "--demo"], 2, "--port"),
+    (["--port", "-1", "--demo"], 2, "--port"), (["1", "1"], 2, "twice"),
+    (["--interval", "0", "--demo"], 2, "--interval")])
+def test_serve_usage_errors(args, code, words):
+    r = run("serve", *args)
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_no_such_process():
+    r = run("serve", "--port", "0", str(gone_pid()))
+    assert r.returncode == 3 and "no process" in r.stderr
+
+
+def _scrape(url: str, accept: str | None = None) -> tuple[str, str]:
+    import urllib.request
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.headers["Content-Type"], resp.read().decode()
+
+
+def _serve(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    p = subprocess.Popen([sys.executable, "-m", "pagescan", "serve", "--port", "0", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = p.stdout.readline()
+    if not line.startswith("serving "):
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"serve did not start: {line}{out}{err}")
+    return p, line.split()[1]
+
+
+def _poll(url: str, want, proc: subprocess.Popen, accept: str | None = None):
+    """Scrape until ``want(parsed)``: the server samples on its own schedule, the
+    test waits for what it needs (a deadline only bounds a broken run)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        _, body = _scrape(url, "application/openmetrics-text")
+        parsed = _om_families(body)
+        if want(parsed):
+            return parsed
+        time.sleep(0.05)
+    pytest.fail(f"the metrics never showed what was expected: {parsed}")
+
+
+def test_serve_demo_answers_both_formats():
+    prom = pytest.importorskip("prometheus_client.parser")
+    p, url = _serve("--demo", "--simulate", "--demo-size", "4", "--interval", "50ms")
+    try:
+        def sampled(parsed):
+            return any(n == "pagescan_samples_total" and v >= 2 for (n, _), v in parsed.items())
+        _poll(url, sampled, p)
+        ctype, body = _scrape(url, "application/openmetrics-text;version=1.0.0")
+        assert ctype.startswith("application/openmetrics-text") and body.endswith("# EOF\n")
+        _om_families(body)
+        ctype, body = _scrape(url)
+        assert ctype.startswith("text/plain; version=0.0.4") and "# EOF" not in body
+        names = {s.name for f in prom.text_string_to_metric_families(body) for s in f.samples}
+        assert {"pagescan_samples_total", "pagescan_backend_info",
+                "pagescan_monitored_processes"} <= names
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_serve_a_process_that_exits(plugin_env):
+    """Synchronised by pipes: the writer writes 64 pages once the server is up (its
+    tracker armed), the test scrapes until they are counted; then the writer exits:
+    its series are dropped and the server goes on."""
+    extra, env = _watch_backend_args(plugin_env)
+    w, _ = start_writer()
+    try:
+        p, url = _serve(str(w.pid), "--interval", "100ms", *extra, env=env)
+    except BaseException:
+        w.kill()
+        w.wait()
+        raise
+    try:
+        mine = str(w.pid)
+
+        def written(parsed):
+            return sum(v for (n, k), v in parsed.items()
+                       if n == "pagescan_pages_written_total" and dict(k)["pid"] == mine)
+        w.stdin.write("go\n")
+        w.stdin.flush()
+        assert w.stdout.readline().strip() == "wrote"
+        first = _poll(url, lambda parsed: written(parsed) >= 64, p)
+        assert first[("pagescan_monitored_processes", ())] == 1
+        w.stdin.close()                             # the writer exits
+        w.wait(timeout=60)
+        gone = _poll(url, lambda parsed: parsed[("pagescan_monitored_processes", ())] == 0,
+                     p)
+        assert written(gone) == 0                   # its series are dropped
+    finally:
+        w.kill()
+        w.wait()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert f"process {w.pid}" in err and "exited" in err and "Traceback" not in err
 
 
 # ============================================ scan on kernels before 6.15 (issue 12.5)
