@@ -14,8 +14,9 @@ from ._impl import IMPLEMENTATION, IMPORT_ERROR
 from ._impl import impl as _impl
 from ._types import ALL_CATEGORIES, HOLE, Category, Masks, PageRegion, ScanResult
 from .backends import backend_names, probe, probe_all
-from .errors import (AccessDenied, BackendUnavailable, KernelError, NoSuchProcess,
-                     OverlapError, PagescanError, RangeError, TrackerClosed)
+from .errors import (AccessDenied, BackendUnavailable, HugePageWarning, KernelError,
+                     NoSuchProcess, OverlapError, PagescanError, RangeError,
+                     SharedMappingWarning, TrackerClosed)
 from .memory import PAGE_SIZE, Memory, allocate
 from ._version import __version__ as __version__
 from .tracker import PartialPageWarning, Tracker, track
@@ -30,9 +31,10 @@ coalesce = _impl.coalesce
 
 __all__ = [
     "ALL_CATEGORIES", "HOLE", "IMPLEMENTATION", "IMPORT_ERROR", "PAGE_SIZE", "AccessDenied",
-    "BackendUnavailable", "Category", "KernelError", "Masks", "Memory", "NoSuchProcess",
-    "OverlapError", "PageRegion", "PagescanError", "PartialPageWarning", "RangeError",
-    "RegionArray", "ScanResult", "Tracker", "TrackerClosed", "allocate", "backend_names",
+    "BackendUnavailable", "Category", "HugePageWarning", "KernelError", "Masks", "Memory",
+    "NoSuchProcess", "OverlapError", "PageRegion", "PagescanError", "PartialPageWarning",
+    "RangeError", "RegionArray", "ScanResult", "SharedMappingWarning", "Tracker",
+    "TrackerClosed", "allocate", "backend_names",
     "checkpoint", "coalesce", "monitor", "monitoring", "pagemap_to_categories", "probe",
     "probe_all", "scan_pages", "track",
 ]

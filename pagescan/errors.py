@@ -9,11 +9,13 @@ from __future__ import annotations
 __all__ = [
     "AccessDenied",
     "BackendUnavailable",
+    "HugePageWarning",
     "KernelError",
     "NoSuchProcess",
     "OverlapError",
     "PagescanError",
     "RangeError",
+    "SharedMappingWarning",
     "TrackerClosed",
 ]
 
@@ -53,3 +55,15 @@ class NoSuchProcess(PagescanError, ProcessLookupError):
 
 class KernelError(PagescanError, OSError):
     """A system call failed in a way pagescan cannot map to a more specific error."""
+
+
+class HugePageWarning(UserWarning):
+    """Part of the tracked range is mapped by transparent huge pages that the backend
+    cannot split (another process's memory): writes there are reported in 2 MiB units
+    (``Tracker.stats()["granularity"]`` says which parts)."""
+
+
+class SharedMappingWarning(UserWarning):
+    """The tracked range includes MAP_SHARED mappings (a shared file, shmem, memfd):
+    only stores through the tracked mapping are seen, not ``write()``/``pwrite()`` to
+    the file nor stores through another mapping of it (this or another process)."""

@@ -34,7 +34,7 @@ from . import procfs
 from ._impl import IMPLEMENTATION, impl
 from ._sysinfo import has_capability, sysctl
 from ._types import ALL_CATEGORIES, Category, Masks, ScanResult
-from .errors import KernelError, NoSuchProcess
+from .errors import KernelError, NoSuchProcess, PagescanError
 from .procfs import Mapping
 
 __all__ = [
@@ -236,6 +236,12 @@ class Kernel(abc.ABC):
     def status(self) -> dict[str, str]:
         """``/proc/PID/status`` fields."""
 
+    def huge_mappings(self, start: int, end: int) -> list[Mapping] | None:
+        """The mappings overlapping ``[start, end)`` that have PMD-mapped transparent
+        huge pages now (``/proc/PID/smaps``: AnonHugePages, ShmemPmdMapped,
+        FilePmdMapped); None when the kernel cannot tell (then any may have)."""
+        return None
+
     @abc.abstractmethod
     def pagemap_read(self, start: int, out: memoryview) -> None:
         """Fill ``out`` (a writable byte buffer, a multiple of 8 bytes) with the
@@ -324,6 +330,36 @@ class Kernel(abc.ABC):
 
 
 # ============================================================================ Linux
+
+_HUGE_FIELDS = (b"AnonHugePages:", b"ShmemPmdMapped:", b"FilePmdMapped:")
+
+
+def _smaps_huge(text: bytes) -> Iterator[tuple[Mapping, int]]:
+    """Each mapping of a ``/proc/PID/smaps`` text with its kB mapped by PMDs."""
+    cur: Mapping | None = None
+    kb = 0
+    for line in text.splitlines():
+        head = line.split(None, 1)[0] if line.strip() else b""
+        if head.endswith(b":"):
+            if head in _HUGE_FIELDS:
+                kb += int(line.split()[1])
+            continue
+        if cur is not None:
+            yield cur, kb
+        parsed = procfs.parse_maps(line)
+        cur, kb = (parsed[0] if parsed else None), 0
+    if cur is not None:
+        yield cur, kb
+
+
+def _start_time(pid: int) -> int:
+    """The start time of process ``pid`` (``/proc/PID/stat`` field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError as err:
+        raise procfs.proc_error(err, pid, f"reading /proc/{pid}/stat") from err
+    return int(stat.rsplit(b")", 1)[1].split()[19])
 
 #: what backends' probes found about the running kernel (LinuxKernel.probe_cache)
 REAL_PROBES: dict[str, Any] = {}
@@ -432,9 +468,12 @@ _LINUX_TRAP: list[LinuxWriteTrap] = []
 class LinuxKernel(Kernel):
     """The running Linux kernel, for process ``pid`` (None: the calling process).
 
-    ``/proc/PID/pagemap`` is opened at once; for another process ``maps`` and
-    ``clear_refs`` too, so that a reused pid is never mistaken for the process
-    (the files stay bound to the process they were opened for).
+    ``/proc/PID/pagemap`` is opened at once; for another process ``maps`` too, so
+    that a reused pid is never mistaken for the process (the files stay bound to the
+    process they were opened for). ``clear_refs`` is opened on its first use (reading
+    needs ptrace-read rights only; clearing needs the right to write that file), and
+    for another process only after checking that the pid still names the process
+    this object was made for (its start time).
     """
 
     real: ClassVar[bool] = True
@@ -448,8 +487,7 @@ class LinuxKernel(Kernel):
             self._fds["pagemap"] = procfs.open_proc(self._name, "pagemap")
             if not self._self:
                 self._fds["maps"] = procfs.open_proc(self.pid, "maps")
-                self._fds["clear_refs"] = procfs.open_proc(self.pid, "clear_refs",
-                                                           os.O_WRONLY)
+                self._started = _start_time(self.pid)
         except BaseException:
             self.close()
             raise
@@ -485,7 +523,19 @@ class LinuxKernel(Kernel):
             if not self._fds:
                 raise KernelError(errno.EBADF, "the kernel object is closed")
             flags = os.O_WRONLY if name == "clear_refs" else os.O_RDONLY
-            fd = self._fds[name] = procfs.open_proc(self._name, name, flags)
+            fd = procfs.open_proc(self._name, name, flags)
+            if not self._self:
+                try:
+                    # opened late: the pid must still name the process of the open
+                    # pagemap and maps files (the start time of a reused pid differs)
+                    same = _start_time(self.pid) == self._started
+                except PagescanError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    raise NoSuchProcess(f"process {self.pid} has exited (its pid now "
+                                        "names another process)")
+            self._fds[name] = fd
         return fd
 
     # -- /proc ---------------------------------------------------------------------
@@ -498,6 +548,16 @@ class LinuxKernel(Kernel):
 
     def status(self) -> dict[str, str]:
         return procfs.read_status(self._name)
+
+    def huge_mappings(self, start: int, end: int) -> list[Mapping] | None:
+        fd = procfs.open_proc(self._name, "smaps")
+        try:
+            text = procfs.read_fd(fd)
+        except OSError as err:
+            raise procfs.proc_error(err, self.pid, f"reading /proc/{self.pid}/smaps") from err
+        finally:
+            os.close(fd)
+        return [m for m, kb in _smaps_huge(text) if kb and m.start < end and start < m.end]
 
     def pagemap_read(self, start: int, out: memoryview) -> None:
         fd, off, got, n = self._fd("pagemap"), start // PAGE_SIZE * 8, 0, len(out)

@@ -19,7 +19,7 @@ from ._args import check_int
 from ._types import Category, Masks, ScanResult, coerce_masks
 from .backends import select
 from .backends.base import Backend, Capabilities
-from .errors import OverlapError, RangeError, TrackerClosed
+from .errors import OverlapError, RangeError, SharedMappingWarning, TrackerClosed
 from .memory import PAGE_SIZE
 
 __all__ = ["PartialPageWarning", "Tracker", "track"]
@@ -33,6 +33,25 @@ WRITTEN_MASKS = Masks(required=Category.WRITTEN, return_mask=Category.WRITTEN)
 class PartialPageWarning(UserWarning):
     """The tracked object does not start or end on a page boundary: its first or
     last page is shared with neighbouring memory, whose writes are reported too."""
+
+
+def _warn_shared(backend: Backend, start: int, end: int) -> None:
+    """SharedMappingWarning when ``[start, end)`` includes MAP_SHARED mappings: every
+    mechanism watches the tracked process's own page tables, so a ``write()`` to the
+    file or a store through another mapping of the object is not seen."""
+    try:
+        maps = backend.kernel.maps()
+    except OSError:
+        return
+    shared = [m for m in maps if m.shared and m.start < end and start < m.end]
+    if shared:
+        first = shared[0]
+        warnings.warn(
+            f"[0x{start:x}, 0x{end:x}) includes {len(shared)} MAP_SHARED mapping(s) (the "
+            f"first: 0x{first.start:x}-0x{first.end:x} {first.label}): only stores through "
+            "the tracked process's own mapping are seen, not write()/pwrite() to the "
+            "file nor stores through another mapping of it", SharedMappingWarning,
+            stacklevel=4)
 
 
 _live_lock = threading.Lock()
@@ -140,6 +159,7 @@ class Tracker:
                 self._backend = None
                 raise
             _live.add(self)
+        _warn_shared(self._backend, start, end)
 
     # -- properties -------------------------------------------------------------
 

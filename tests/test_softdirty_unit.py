@@ -494,7 +494,7 @@ def model(proc: FakeProcess, lo: int, hi: int, pending, writable_only: bool):
                          [(PATH_READ, 0x1FF), (PATH_SCAN, 0x1FF), (PATH_SCAN, 0xFF)],
                          ids=["read", "scan", "scan-6.12"])
 def test_scan_per_vma_matches_one_dense_scan(fake, monkeypatch, path, kernel_categories):
-    """A whole-process tracker: scan per writable VMA (in chunks of 3 pages here) with
+    """A whole-process tracker: scan per VMA, read-only ones too (in chunks of 3 pages here) with
     pending pages, stitched; compared with scan_pages over the dense array. Before
     6.15 PAGEMAP_SCAN refuses GUARD in a mask (EINVAL)."""
     monkeypatch.setattr(sdmod.target, "CHUNK_PAGES", 3)
@@ -514,7 +514,7 @@ def test_scan_per_vma_matches_one_dense_scan(fake, monkeypatch, path, kernel_cat
             mr = rnd.choice([None, None, 1, 2, 3])
             s = lo + rnd.randrange(0, 3) * P
             e = max(s + P, hi - rnd.randrange(0, 3) * P)
-            want = impl.scan_pages(model(proc, s, e, pend, True), start=s, masks=m,
+            want = impl.scan_pages(model(proc, s, e, pend, False), start=s, masks=m,
                                    max_pages=mp, max_regions=mr)
             got = b.scan(s, e, m, max_pages=mp, max_regions=mr)
             ctx = (case, path, proc.vmas, m, mp, mr, hex(s), hex(e))
@@ -522,7 +522,7 @@ def test_scan_per_vma_matches_one_dense_scan(fake, monkeypatch, path, kernel_cat
             assert got.walk_end == want.walk_end, ctx
         # the whole process at once: the same, walk_end = the top of user space
         m = random_masks(rnd)
-        want = impl.scan_pages(model(proc, lo, hi, pend, True), start=lo, masks=m)
+        want = impl.scan_pages(model(proc, lo, hi, pend, False), start=lo, masks=m)
         got = b.scan(0, USER_TOP, m)
         assert list(got.regions) == list(want.regions)
         assert got.walk_end == USER_TOP
@@ -693,6 +693,114 @@ def test_unregistered_ranges_are_no_longer_folded(fake):
     b.close()
     assert k.pid not in sdmod.target._targets                 # the last user closed it
 
+
+
+# ------------------------------------------------------------------ issue 12: lost writes
+
+
+@pytest.mark.parametrize("path", [PATH_READ, PATH_SCAN])
+@pytest.mark.parametrize("perms", ["r--p", "---p", "r-xp"])
+def test_whole_process_keeps_writes_to_a_mapping_made_read_only(fake, path, perms):
+    """Issue 12 item 1: pages written, then mprotect(PROT_READ), then a collect (whose
+    clear_refs clears every page's bit), then write access back: the writes must be
+    reported (at the first collect: the span of a whole-process tracker includes
+    read-only and PROT_NONE mappings), never lost."""
+    proc, k = fake([rw(0x10, 8), rw(0x20, 8)], path)
+    b = SoftDirtyBackend(kernel=k)
+    b.register(0, USER_TOP)
+    assert pages(b.scan(0, USER_TOP, WRITTEN_ONLY).regions) == set()
+    proc.write(0x20 * P + P)
+    proc.write(0x20 * P + 5 * P)
+    proc.vmas[1] = rw(0x20, 8, perms)                        # mprotect(PROT_READ)
+    got = pages(b.scan(0, USER_TOP, WRITTEN_ONLY, reset=True).regions)
+    assert got == {0x20 * P + P, 0x20 * P + 5 * P}
+    proc.vmas[1] = rw(0x20, 8)                               # write access back
+    assert pages(b.scan(0, USER_TOP, WRITTEN_ONLY, reset=True).regions) == set()
+    # the same through another tracker's reset (the fold before its clear_refs)
+    a = SoftDirtyBackend(kernel=k)
+    a.register(0x10 * P, 0x18 * P)
+    proc.write(0x20 * P + 2 * P)
+    proc.vmas[1] = rw(0x20, 8, perms)
+    a.reset(0x10 * P, 0x18 * P)
+    proc.vmas[1] = rw(0x20, 8)
+    assert pages(b.scan(0, USER_TOP, WRITTEN_ONLY).regions) == {0x20 * P + 2 * P}
+    a.close()
+    b.close()
+
+
+def test_simulated_whole_process_keeps_writes_to_a_mapping_made_read_only():
+    """Item 1 over the simulated kernel (the real backend code): write, mprotect
+    PROT_READ, collect, PROT_READ|PROT_WRITE, collect."""
+    from pagescan.simulator import PROT_READ, PROT_WRITE, SimProcess
+    sim = SimProcess()
+    a = sim.mmap(64 * P)
+    with pagescan.track(backend="simulator", pid=sim.pid, mechanism="softdirty") as t:
+        t.collect()
+        for i in range(20):
+            sim.write(a + 3 * i * P)
+        sim.mprotect(a, 64 * P, PROT_READ)
+        first = pages(t.collect().regions)
+        sim.mprotect(a, 64 * P, PROT_READ | PROT_WRITE)
+        second = pages(t.collect().regions)
+        assert {a + 3 * i * P for i in range(20)} <= first | second
+        assert first == {a + 3 * i * P for i in range(20)}
+
+
+def test_simulated_arming_a_neighbour_keeps_a_tracker_clean():
+    """Issue 12 item 2: mmap 1040 pages at a, track [a+16P, +1024P), a new mapping
+    over [a, +16P) (MAP_FIXED: VM_SOFTDIRTY), track it: the first tracker must still
+    read 0 written pages (MADV_NOHUGEPAGE merges the two VMAs: done after the clear,
+    the merged VMA is not VM_SOFTDIRTY)."""
+    from pagescan.simulator import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, SimProcess
+    sim = SimProcess()
+    a = sim.mmap(1040 * P)
+    t1 = sim.track(a + 16 * P, 1024 * P, mechanism="softdirty")
+    assert t1.written().pages() == 0
+    sim.mmap(16 * P, flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, addr=a)
+    t2 = sim.track(a, 16 * P, mechanism="softdirty")
+    assert [(m.start, m.end) for m in sim.maps() if m.start <= a < m.end] == \
+        [(a, a + 1040 * P)]                                  # merged
+    assert t1.written().pages() == 0
+    assert t2.written().pages() == 0
+    sim.write(a + 20 * P)
+    assert pages(t1.written()) == {a + 20 * P}
+    t1.close()
+    t2.close()
+
+
+def test_clear_refs_is_opened_on_first_use(child, monkeypatch):
+    """A LinuxKernel for another process opens clear_refs lazily: reading (scan) with
+    only ptrace-read rights must work although writing clear_refs is refused; and a
+    lazy open checks that the pid still names the same process."""
+    from pagescan import kernel as kmod
+    real_open = kmod.procfs.open_proc
+
+    def refuse_clear_refs(pid, name, flags=os.O_RDONLY):
+        if name == "clear_refs":
+            raise procfs.proc_error(PermissionError(13, "Permission denied"), pid,
+                                    f"opening for writing /proc/{pid}/clear_refs")
+        return real_open(pid, name, flags)
+    monkeypatch.setattr(kmod.procfs, "open_proc", refuse_clear_refs)
+    addr = child.alloc(4)
+    child.write(addr + P)
+    k = kmod.LinuxKernel(child.pid)              # before: AccessDenied here
+    try:
+        assert any(m.start <= addr < m.end for m in k.maps())
+        buf = bytearray(8 * 4)
+        k.pagemap_read(addr, memoryview(buf))
+        assert struct.unpack("<4Q", buf)[1] & B63                 # present
+        with pytest.raises(AccessDenied, match="clear_refs"):
+            k.clear_refs()
+    finally:
+        k.close()
+    monkeypatch.setattr(kmod.procfs, "open_proc", real_open)
+    k = kmod.LinuxKernel(child.pid)
+    try:
+        monkeypatch.setattr(kmod, "_start_time", lambda pid: -1)   # as if reused
+        with pytest.raises(NoSuchProcess, match="another process"):
+            k.clear_refs()
+    finally:
+        k.close()
 
 # ------------------------------------------------------------------ the probe
 

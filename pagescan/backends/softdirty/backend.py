@@ -6,21 +6,25 @@ import contextlib
 import dataclasses
 import errno
 import os
+import warnings
 from collections.abc import Iterator
 from typing import ClassVar
 
 from ..._types import ALL_CATEGORIES, Category, Masks, ScanResult
-from ...constants import MADV_NOHUGEPAGE
-from ...errors import KernelError, PagescanError, RangeError
+from ...constants import MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE_SIZE
+from ...errors import HugePageWarning, KernelError, PagescanError, RangeError
 from ...kernel import Kernel
 from ..base import Backend, Capabilities, Probe
 from .freeze import frozen
 from .masks import W
 from .probe import probe as _probe
-from .runs import Runs, segments
+from .runs import Runs, runs_union, segments
 from .target import PATH_READ, PATH_SCAN, Target, _Range, acquire, release
 
-__all__ = ["SoftDirtyBackend"]
+__all__ = ["HUGE_SIZE", "SoftDirtyBackend"]
+
+#: a PMD-mapped transparent huge page (x86-64, arm64 with 4K pages)
+HUGE_SIZE = 512 * PAGE_SIZE
 
 class SoftDirtyBackend(Backend):
     """Soft-dirty tracking of this process or another one (see the module docs).
@@ -63,6 +67,8 @@ class SoftDirtyBackend(Backend):
         self.thp = thp
         self.freeze = freeze
         self._ranges: list[_Range] = []
+        #: runs found mapped by THPs at arming that stay huge (see stats())
+        self._coarse: Runs = []
         self._target: Target | None = None
         if freeze and (pid is None or pid == os.getpid()) and (kernel is None or kernel.is_self):
             raise ValueError("freeze=True stops another process while its soft-dirty bits "
@@ -116,23 +122,83 @@ class SoftDirtyBackend(Backend):
                 if segs != [(start, end)]:
                     raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped in "
                                      f"process {t.pid}")
-                if t.is_self and not self.thp:
-                    try:
-                        self.kernel.madvise(start, end - start, MADV_NOHUGEPAGE)
-                    except OSError as err:
-                        if isinstance(err, PagescanError):
-                            raise
-                        if err.errno != errno.EINVAL:  # no THP in this kernel: nothing to do
-                            raise KernelError(err.errno, "madvise(MADV_NOHUGEPAGE): "
-                                              f"{err.strerror}") from err
             t.ranges.append(rng)
             self._ranges.append(rng)
             try:
+                # the clear first: a new VMA next to a tracked one (VM_SOFTDIRTY until
+                # a clear) that MADV_NOHUGEPAGE merges with it would make the merged
+                # VMA, and so the neighbour's pages, read as all written
                 self.reset(start, end)
+                if t.is_self and not self.thp and not rng.whole:
+                    self._no_huge(start, end)
             except BaseException:
                 t.ranges.remove(rng)
                 self._ranges.remove(rng)
                 raise
+        self._check_huge(start, end, warn=not self.thp)
+
+    def _madvise(self, start: int, length: int, advice: int) -> bool:
+        """False where the kernel has no THP (EINVAL): nothing to do."""
+        try:
+            self.kernel.madvise(start, length, advice)
+        except OSError as err:
+            if isinstance(err, PagescanError):
+                raise
+            if err.errno == errno.EINVAL:
+                return False
+            raise KernelError(err.errno, f"madvise({advice}): {err.strerror}") from err
+        return True
+
+    def _no_huge(self, start: int, end: int) -> None:
+        """No THP in ``[start, end)`` (own memory): MADV_NOHUGEPAGE for the future,
+        and every PMD-mapped THP there split into page table entries now. Splitting
+        a VMA splits the PMDs it cuts (transhuge.rst: the huge page stays a folio,
+        mapped by 512 PTEs that inherit the PMD's soft-dirty bit), so for each 2 MiB
+        block with a THP one page of it is given MADV_HUGEPAGE (a VMA of its own)
+        and at once MADV_NOHUGEPAGE again (merged back): no protection or content
+        changes, nothing another thread could notice. Done after the clear, the PTEs
+        start clean."""
+        if not self._madvise(start, end - start, MADV_NOHUGEPAGE):
+            return
+        k = self.kernel
+        huge = k.huge_mappings(start, end)
+        if huge is None:             # cannot tell (a model): every VMA of the range
+            huge = [m for m in k.maps() if m.start < end and start < m.end]
+        for v in huge:
+            lo, hi = max(v.start, start), min(v.end, end)
+            block = lo - lo % HUGE_SIZE
+            while block < hi:
+                q = max(block, lo)
+                if q < min(block + HUGE_SIZE, hi):
+                    self._madvise(q, PAGE_SIZE, MADV_HUGEPAGE)
+                    self._madvise(q, PAGE_SIZE, MADV_NOHUGEPAGE)
+                block += HUGE_SIZE
+
+    def _check_huge(self, start: int, end: int, warn: bool) -> None:
+        """Note (stats()) and warn (HugePageWarning, unless ``thp=True`` asked for it)
+        when THPs remain in the range: another process's memory cannot be split from
+        here, so its huge pages read in 2 MiB units."""
+        huge = self.kernel.huge_mappings(start, end)
+        if not huge:
+            return
+        runs = [(max(v.start, start), min(v.end, end)) for v in huge]
+        self._coarse = runs_union(self._coarse, runs)
+        if not warn:
+            return
+        where = ("another process's memory cannot be split from here"
+                 if not self.kernel.is_self else "they could not be split")
+        warnings.warn(
+            f"{len(runs)} mapping(s) of [0x{start:x}, 0x{end:x}) in process {self.pid} "
+            f"have transparent huge pages ({where}): a write to one of their pages is "
+            "reported as its whole 2 MiB huge page (stats()['granularity'])",
+            HugePageWarning, stacklevel=4)
+
+    def stats(self) -> dict[str, object]:
+        """``granularity``: the runs of the tracked ranges that had transparent huge
+        pages when armed and stay huge, so are reported in 2 MiB units (another
+        process's THPs, or ``thp=True``); every other page is reported exactly."""
+        return {"granularity": {"page": PAGE_SIZE, "huge_page": HUGE_SIZE,
+                                "huge_page_runs": list(self._coarse)}}
 
     def unregister(self, start: int, end: int) -> None:
         t = self._target

@@ -43,12 +43,14 @@ class _Range:
 
     def __init__(self, start: int, end: int) -> None:
         self.start, self.end = start, end
-        #: a whole-process tracker: writable mappings only
+        #: a whole-process tracker: every mapping of the process, read-only and
+        #: PROT_NONE ones too (a page written before an mprotect(PROT_READ) keeps its
+        #: bit, which clear_refs would erase unseen if the span left it out)
         self.whole = start == 0 and end >= USER_TOP
         self.pending: Runs = []
 
     def span(self, vmas: Sequence[Mapping]) -> Runs:
-        return segments(vmas, self.start, self.end, self.whole)
+        return segments(vmas, self.start, self.end)
 
 
 class Target:
@@ -155,7 +157,7 @@ class Target:
              max_regions: int | None, want_written: bool) -> tuple[ScanResult, Runs]:
         if masks.matches_nothing:
             return ScanResult(impl.RegionArray(), end), []
-        segs = segments(self.vmas(), start, end, rng.whole)
+        segs = segments(self.vmas(), start, end)
         pending = runs_clip(rng.pending, start, end)
         if self.path == PATH_SCAN:
             pieces = list(self._scan_pieces(segs, pending))
