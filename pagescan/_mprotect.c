@@ -116,6 +116,46 @@ static void mp_handler(int sig, siginfo_t *si, void *ctx);
 
 static void yield(void) { syscall(SYS_sched_yield); }
 
+/* --- asynchronous signals
+
+ * Every wait in this file is for a page, a lock or a seqlock that another
+ * context owns: the handler waits for a collector (COLLECTING), another
+ * handler (UNPROT), a coarsening handler or mark_written (COARSE,
+ * coarsen_lock), and register/unregister (the seqlock). If the owner were the
+ * very thread the handler runs on (an asynchronous signal handler that writes
+ * tracked memory, run by the kernel in the middle of a collect or of the
+ * SIGSEGV handler), the wait would never end. So no owner lets an asynchronous
+ * signal in: the SIGSEGV handler runs with them blocked (sa_mask), and every
+ * section that owns something a handler waits for blocks them
+ * (pthread_sigmask) until it is done; they are delivered right after. The
+ * synchronous signals (a fault of the code itself) are never blocked: blocked,
+ * the kernel would kill the process instead of running their handler. */
+static sigset_t async_signals;
+static int async_signals_ready;
+
+static void init_async_signals(void) {
+    if (!LOAD(&async_signals_ready)) {
+        sigset_t set;
+        sigfillset(&set);
+        sigdelset(&set, SIGSEGV);       /* blocked in its own handler anyway (no SA_NODEFER) */
+        sigdelset(&set, SIGBUS);
+        sigdelset(&set, SIGFPE);
+        sigdelset(&set, SIGILL);
+        sigdelset(&set, SIGTRAP);
+        sigdelset(&set, SIGSYS);
+        async_signals = set;
+        STORE(&async_signals_ready, 1);
+    }
+}
+
+/* Block asynchronous signals on this thread (a section owning pages/locks). */
+static void block_async(sigset_t *old) {
+    init_async_signals();
+    pthread_sigmask(SIG_BLOCK, &async_signals, old);
+}
+
+static void unblock_async(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);   /* async-signal-safe */
@@ -512,8 +552,10 @@ static void chain(int sig, siginfo_t *si, void *ctx) {
         /* a fault re-raises itself when the instruction is retried */
     } else {
         sigset_t mask, old;
-        pthread_sigmask(SIG_SETMASK, NULL, &mask);
-        old = mask;
+        /* the previous handler gets the mask it would have had without this one:
+         * the interrupted code's, plus its own sa_mask (not our async block) */
+        pthread_sigmask(SIG_SETMASK, NULL, &old);
+        mask = ((ucontext_t *)ctx)->uc_sigmask;
         {
             int s;
             for (s = 1; s < NSIG; s++)
@@ -610,7 +652,8 @@ int pagescan_mp_install(void) {
     STORE(&prev_idx, idx);
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = mp_handler;
-    sigemptyset(&sa.sa_mask);
+    init_async_signals();
+    sa.sa_mask = async_signals;         /* see "asynchronous signals" above */
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     if (sigaction(SIGSEGV, &sa, NULL) < 0)
         return -errno;
@@ -625,7 +668,7 @@ int pagescan_mp_install(void) {
 
 /* ------------------------------------------------------------ registration */
 
-int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t *handle) {
+static int do_register(uint64_t start, uint64_t end, uint64_t *handle) {
     struct mp_range *r = NULL;
     size_t npages, map_len;
     uint8_t *state;
@@ -683,7 +726,7 @@ out:
     return rc;
 }
 
-int pagescan_mp_unregister(uint64_t handle) {
+static int do_unregister(uint64_t handle) {
     struct mp_range *r;
     int rc = 0;
     spin_lock(&table_lock);
@@ -787,7 +830,7 @@ static int64_t protect_claimed(struct mp_range *r, size_t a, size_t b) {
     return left;
 }
 
-int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end) {
+static int64_t do_arm(uint64_t handle, uint64_t start, uint64_t end) {
     struct mp_range *r = lookup(handle);
     size_t first, n, i;
     int64_t before;
@@ -836,8 +879,8 @@ int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t 
     return 0;
 }
 
-int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t *regions, size_t nregions,
-                                  const uint8_t *snap, uint64_t snap_start, size_t snap_pages) {
+static int64_t do_reset_regions(uint64_t handle, const uint64_t *regions, size_t nregions,
+                                 const uint8_t *snap, uint64_t snap_start, size_t snap_pages) {
     struct mp_range *r = lookup(handle);
     size_t k, base, first, n, i, lo = (size_t)-1, hi = 0, wlo = (size_t)-1, whi = 0;
     uint64_t snap_end = snap_start + ((uint64_t)snap_pages << page_shift);
@@ -896,7 +939,7 @@ int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t *regions, size
     return protect_claimed(r, lo, hi);          /* ENOMEM at an edge: run by run */
 }
 
-int pagescan_mp_mark_written(uint64_t handle, uint64_t start, uint64_t end) {
+static int do_mark_written(uint64_t handle, uint64_t start, uint64_t end) {
     struct mp_range *r = lookup(handle);
     size_t first, n;
     int64_t before;
@@ -941,3 +984,55 @@ int pagescan_mp_get_stats(uint64_t handle, struct pagescan_mp_stats *out) {
 void pagescan_mp_set_budget(int64_t budget) { STORE(&map_budget, budget); }
 
 void pagescan_mp_inject_enomem(int n) { STORE(&inject_enomem, n); }
+
+/* ------------------------------------------- the entry points, signals blocked */
+
+/* Each section below owns pages (COLLECTING, COARSE), coarsen_lock, or the
+ * table lock and a range's seqlock while it runs: asynchronous signals wait
+ * until it is done (see "asynchronous signals" at the top). */
+
+int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t *handle) {
+    sigset_t old;
+    int rc;
+    block_async(&old);
+    rc = do_register(start, end, handle);
+    unblock_async(&old);
+    return rc;
+}
+
+int pagescan_mp_unregister(uint64_t handle) {
+    sigset_t old;
+    int rc;
+    block_async(&old);
+    rc = do_unregister(handle);
+    unblock_async(&old);
+    return rc;
+}
+
+int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end) {
+    sigset_t old;
+    int64_t rc;
+    block_async(&old);
+    rc = do_arm(handle, start, end);
+    unblock_async(&old);
+    return rc;
+}
+
+int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t *regions, size_t nregions,
+                                  const uint8_t *snap, uint64_t snap_start, size_t snap_pages) {
+    sigset_t old;
+    int64_t rc;
+    block_async(&old);
+    rc = do_reset_regions(handle, regions, nregions, snap, snap_start, snap_pages);
+    unblock_async(&old);
+    return rc;
+}
+
+int pagescan_mp_mark_written(uint64_t handle, uint64_t start, uint64_t end) {
+    sigset_t old;
+    int rc;
+    block_async(&old);
+    rc = do_mark_written(handle, start, end);
+    unblock_async(&old);
+    return rc;
+}

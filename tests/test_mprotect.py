@@ -1051,3 +1051,184 @@ def test_fork_while_another_thread_holds_the_table_lock():
     """
     r = run_python(code, timeout=120)
     assert "children [0, 0, 0, 0, 0]" in r.stdout, r.stdout + r.stderr
+
+
+# ------------------------------------------------ signals, fork (issue 12: 9, 10, 11)
+
+
+_ALARM_C = r"""
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/time.h>
+static uint8_t *base;
+static size_t npages, psz;
+static uint64_t fired;
+uint64_t counts[256];
+/* an asynchronous signal handler that stores into tracked memory */
+static void on_alarm(int sig) {
+    uint64_t n = __atomic_fetch_add(&fired, 1, __ATOMIC_SEQ_CST) % npages;
+    __atomic_add_fetch((uint64_t *)(base + n * psz), 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&counts[n], 1, __ATOMIC_SEQ_CST);
+    (void)sig;
+}
+int alarm_start(void *addr, size_t pages, size_t page_size, long usec) {
+    struct sigaction sa;
+    struct itimerval it;
+    base = addr; npages = pages; psz = page_size;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_alarm;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(SIGALRM, &sa, NULL) < 0) return -1;
+    it.it_interval.tv_sec = 0; it.it_interval.tv_usec = usec;
+    it.it_value = it.it_interval;
+    return setitimer(ITIMER_REAL, &it, NULL);
+}
+int alarm_stop(void) {
+    struct itimerval it;
+    memset(&it, 0, sizeof(it));
+    return setitimer(ITIMER_REAL, &it, NULL);
+}
+uint64_t alarm_fired(void) { return __atomic_load_n(&fired, __ATOMIC_SEQ_CST); }
+"""
+
+
+def test_signal_handler_writing_tracked_memory_while_collecting(tmp_path):
+    """Issue 12 item 9: SIGALRM every 20 µs, its (C) handler incrementing a counter
+    in tracked memory, while the same (only) thread collects. The kernel runs the
+    handler wherever the thread is: in the middle of a collect that owns the page
+    (COLLECTING), or of the SIGSEGV handler that owns it (UNPROT). Unless those
+    sections block asynchronous signals, the nested SIGSEGV handler waits for its
+    own thread for ever (or the nested fault, with SIGSEGV blocked, kills the
+    process). Must finish, and lose no write: every page whose store counter
+    changed between two collects is reported by the next collect or the one after
+    (a store during a collect, after its reset of that page)."""
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        pytest.skip("no C compiler to build the signal handler")
+    src, so = tmp_path / "alarm.c", tmp_path / "alarm.so"
+    src.write_text(_ALARM_C)
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+    code = f"""
+        import ctypes, signal, numpy as np, pagescan
+        lib = ctypes.CDLL({str(so)!r})
+        lib.alarm_start.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                                    ctypes.c_long]
+        lib.alarm_fired.restype = ctypes.c_uint64
+        PS, N = pagescan.PAGE_SIZE, 64
+        mem = pagescan.allocate(N * PS)
+        t = pagescan.track(mem, backend="mprotect")
+        counts = np.ctypeslib.as_array((ctypes.c_uint64 * 256).in_dll(lib, "counts"))[:N]
+
+        def pages(result):
+            return {{(s - mem.address) // PS + k for s, e, _ in result.regions
+                    for k in range((e - s) // PS)}}
+
+        reported, changed, prev = [], [], counts.copy()
+        assert lib.alarm_start(mem.address, N, PS, 20) == 0
+        try:
+            for _ in range({scaled(150, 600)}):
+                r = t.collect(reset=True)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}})
+                cur = counts.copy()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGALRM}})
+                reported.append(pages(r))
+                changed.append(set(np.flatnonzero(cur != prev).tolist()))
+                prev = cur
+        finally:
+            lib.alarm_stop()
+        reported.append(pages(t.collect(reset=True)))
+        lost = sum(len(changed[k] - reported[k] - reported[k + 1])
+                   for k in range(len(changed)))
+        stored = int(np.frombuffer(mem, dtype=np.uint64)[::PS // 8].sum())
+        print("fired", lib.alarm_fired(), "stored", stored, "counted", int(counts.sum()),
+              "lost", lost, "faults", t.stats()["faults"], flush=True)
+        t.close()
+    """
+    r = run_python(code, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    words = r.stdout.split()
+    fired, stored, counted, lost = (int(words[words.index(k) + 1])
+                                    for k in ("fired", "stored", "counted", "lost"))
+    assert fired > 0 and stored == counted == fired, r.stdout
+    assert lost == 0, r.stdout
+
+
+@pytest.mark.parametrize("how", ["faulthandler.disable()",
+                                 "signal.signal(signal.SIGSEGV, signal.SIG_DFL)"])
+@pytest.mark.parametrize("call", ["t.written()", "t.collect()", "t.reset()"])
+def test_replaced_sigsegv_handler_is_put_back_on_top(how, call):
+    """Issue 12 item 10: faulthandler.disable() (or anyone's sigaction) removes the
+    mprotect handler; a write to a clean tracked page would then kill the
+    process. reset/scan (written, collect) put it back on top, chaining to the
+    handler in force (documented: restored, not an error)."""
+    code = f"""
+        import faulthandler, signal, pagescan
+        from pagescan import _core
+        faulthandler.enable()
+        PS = pagescan.PAGE_SIZE
+        mem = pagescan.allocate(8 * PS)
+        t = pagescan.track(mem, backend="mprotect")
+        {how}
+        print("installed after removal:", _core.mp_installed())
+        {call}
+        print("installed after the call:", _core.mp_installed(), flush=True)
+        mem[2 * PS] = 7
+        print("written", sorted((s - mem.address) // PS for s, e, _ in t.written()))
+        t.close()
+    """
+    r = run_python(code, timeout=60)
+    assert "installed after removal: False" in r.stdout, r.stdout + r.stderr
+    assert "installed after the call: True" in r.stdout, r.stdout + r.stderr
+    assert "written [2]" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr
+
+
+def test_fork_while_another_thread_holds_the_table_lock():
+    """Issue 12 item 11: fork() while another thread is inside track()/close()
+    (holding the range table's lock, or a tracker's own lock): the child's copy
+    of the lock stays held for good. The lock is made anew in the child: each
+    child tracks and closes within the timeout, and the inherited tracker raises
+    TrackerClosed instead of waiting for a lock that nobody will release."""
+    code = """
+        import os, threading, pagescan
+        from pagescan.backends import mprotect
+        PS = pagescan.PAGE_SIZE
+        mem = pagescan.allocate(8 * PS)
+        t = pagescan.track(mem, backend="mprotect")
+        held, done = threading.Event(), threading.Event()
+        def holder():
+            with mprotect._table_lock, t._backend._lock:
+                held.set()
+                done.wait()
+        th = threading.Thread(target=holder)
+        th.start()
+        held.wait()
+        kids = []
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    try:
+                        t.written()
+                        code = 1
+                    except pagescan.TrackerClosed:
+                        pass
+                    m = pagescan.allocate(4 * PS)
+                    with pagescan.track(m, backend="mprotect") as tc:
+                        m[PS] = 1
+                        if len(tc.written()) != 1:
+                            code = 2
+                finally:
+                    os._exit(code)
+            kids.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in kids]
+        done.set()
+        th.join()
+        t.close()
+        print("children", codes)
+    """
+    r = run_python(code, timeout=120)
+    assert "children [0, 0, 0, 0, 0]" in r.stdout, r.stdout + r.stderr

@@ -69,6 +69,27 @@ Limits, each tested in tests/test_mprotect.py:
 * A SIGSEGV handler installed after a tracker was created sees the tracking
   faults first; creating a tracker puts this handler back on top. Enable
   faulthandler before tracking (``python -X faulthandler``, pytest does).
+  ``faulthandler.disable()`` or anyone's ``sigaction(SIGSEGV)`` removes it: every
+  ``reset``/``written``/``collect``/``mark_written`` checks (one sigaction() call)
+  and puts it back on top, chaining to the handler in force (restored, not an
+  error). A write to a clean tracked page between the removal and that call
+  still goes to the other handler (by default: the end of the process).
+* Asynchronous signal handlers may write tracked memory: the SIGSEGV handler
+  runs with asynchronous signals blocked, and every section of a collect,
+  reset, mark_written, register or close that owns pages or locks a handler
+  waits for blocks them (``pthread_sigmask``, two calls per operation), so a
+  handler never waits for the thread it interrupted; the signals are delivered
+  right after. A Python signal handler that calls the tracker itself (not only
+  writes) while the same thread is inside a call of that tracker still
+  deadlocks on the tracker's lock.
+* ``fork()`` while another thread is inside ``track()``/``close()``: the range
+  table's lock is made anew in the child (``os.register_at_fork``; the C locks
+  in the ``pthread_atfork`` hook), and an inherited tracker raises
+  TrackerClosed before it takes its own lock.
+* Not fixed yet (issue 12 item 13): after the tracked range is unmapped and
+  something else is mapped at the same address, ``reset``/``collect`` may
+  change the new mapping's protection. Do not unmap tracked memory while it
+  is tracked.
 
 Only the calling process's memory can be tracked.
 
@@ -101,6 +122,17 @@ __all__ = ["MapCountWarning", "MprotectBackend"]
 
 #: serializes handler installation and the range table's register/unregister
 _table_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A thread of the parent may have held the lock at fork(): that thread does not
+    exist in the child, so the child's copy would stay locked for good (its next
+    track() would hang). The C side resets its own locks in a pthread_atfork hook."""
+    global _table_lock
+    _table_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 #: the categories this backend knows; masks that test others are refused
 _KNOWN = int(Category.WRITTEN | Category.WPALLOWED)
@@ -295,6 +327,9 @@ class MprotectBackend(Backend):
             raise
 
     def unregister(self, start: int, end: int) -> None:
+        if self._trap.owner() != self._owner:
+            self._handle = None             # inherited through fork(): nothing to undo
+            return
         with self._lock:
             handle, self._handle = self._handle, None
             if handle is None or self._trap.owner() != self._owner:
@@ -310,6 +345,14 @@ class MprotectBackend(Backend):
 
     # -- tracking -----------------------------------------------------------
 
+    def _inherited(self) -> None:
+        """Raise TrackerClosed in the child of a fork() (before taking ``self._lock``,
+        which a parent's thread may have held at the fork)."""
+        if self._trap.owner() != self._owner:
+            raise TrackerClosed("this mprotect tracker was inherited through fork(): the "
+                                "child's copy of the memory is untracked; create a new "
+                                "tracker there")
+
     def _live(self) -> int:
         if self._trap.owner() != self._owner:
             raise TrackerClosed("this mprotect tracker was inherited through fork(): the "
@@ -320,8 +363,10 @@ class MprotectBackend(Backend):
         return self._handle
 
     def reset(self, start: int, end: int) -> None:
+        self._inherited()
         with self._lock:
             handle = self._live()
+            self._reinstall()
             try:
                 left = self._trap.arm(handle, start, end)
             except OSError as err:
@@ -334,8 +379,10 @@ class MprotectBackend(Backend):
             unknown = Category((masks.mask | masks.anyof) & ~_KNOWN)
             raise ValueError(f"the mprotect backend knows only WRITTEN and WPALLOWED; these "
                              f"masks test {unknown!r} (use backend='uffd' or 'softdirty')")
+        self._inherited()
         with self._lock:
             handle = self._live()
+            self._reinstall()
             self._check_error(handle)
             try:
                 result, left = self._trap.scan(handle, start, end, masks, max_pages,
@@ -349,8 +396,10 @@ class MprotectBackend(Backend):
         """Give write access back to ``[start, end)`` (page-aligned, inside the
         tracked range) and count it as written: call it before a kernel write
         (``readinto()``) into tracked memory, which would otherwise fail with EFAULT."""
+        self._inherited()
         with self._lock:
             handle = self._live()
+            self._reinstall()
             try:
                 self._trap.mark_written(handle, start, end)
             except OSError as err:
@@ -363,9 +412,21 @@ class MprotectBackend(Backend):
         ``error`` (sticky errno of a fault that could not be handled, else 0),
         ``mappings`` (the mappings this range's tracking adds now, estimated) and
         ``budget`` (how many all ranges may add together before coarsening)."""
+        self._inherited()
         with self._lock:
             handle = self._live()
             return dict(self._trap.stats(handle))
+
+    def _reinstall(self) -> None:
+        """Put the SIGSEGV handler back on top if someone replaced it since
+        (``faulthandler.disable()`` restores the handler faulthandler found, any
+        ``sigaction(SIGSEGV)`` overrides it): re-installed on top, chaining to the
+        handler in force now. One sigaction() call when nothing changed."""
+        try:
+            self._trap.install()
+        except OSError as err:
+            raise KernelError(err.errno or errno.EINVAL,
+                              f"cannot re-install the SIGSEGV handler: {err.strerror}") from err
 
     # -- errors -------------------------------------------------------------
 
