@@ -303,7 +303,17 @@ class Monitor:
         #: the process watched
         self.pid = t.pid if t.pid is not None else os.getpid()
         if not caps.real:
-            self._sim = _simulated(self.pid)
+            # a simulated process: the one the backend's simulated kernel drives (a
+            # tracker made under "with sim:" has no pid), else by the tracker's pid
+            kernel = getattr(t._live(), "kernel", None)
+            self._sim = getattr(kernel, "sim", None)
+            if self._sim is None and t.pid is not None:
+                self._sim = _simulated(t.pid)
+            if self._sim is None:
+                if self._owns:
+                    t.close()
+                raise NoSuchProcess("the tracker's simulated process has exited")
+            self.pid = self._sim.pid
         self.backend = t.backend
         self.mechanism = t.mechanism
         self.exact = is_exact(caps)

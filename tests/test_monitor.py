@@ -29,6 +29,10 @@ from pagescan import monitoring
 from pagescan.simulator import MAP_SHARED, SimProcess
 
 PS = pagescan.PAGE_SIZE
+# the fixture's process has a MAP_SHARED mapping on purpose (a second label): a
+# whole-process tracker says stores through other mappings of it are not seen
+pytestmark = pytest.mark.filterwarnings("ignore::pagescan.errors.SharedMappingWarning")
+
 #: how the simulated kernel labels the shared memfd mapping at offset 0 in its maps
 SHM = "/dev/zero (deleted)"
 
@@ -125,6 +129,20 @@ def test_a_tracker_is_monitored_and_left_open(sim, mechanism, exact):
         assert smp.pages == 8
         assert [(m.label, m.pages, m.start) for m in smp.mappings] == [("state", 8, anon)]
     assert not t.closed                            # the caller's tracker stays open
+    t.close()
+
+
+def test_a_tracker_of_the_current_simulated_process(sim):
+    """A simulator tracker made with "with sim:" (no pid=) is of that process."""
+    s, anon, _ = sim
+    with s:
+        t = pagescan.track((anon, 8 * PS), backend="simulator")
+    with pagescan.monitor(t) as mon:
+        assert mon.pid == s.pid and mon.alive()
+        write(s, anon, [1, 2])
+        assert mon.sample().pages == 2
+        s.exit()
+        assert not mon.alive()
     t.close()
 
 
