@@ -2,7 +2,9 @@
  *
  * PAGEMAP_SCAN and its structs arrived in Linux 6.7, UFFD_FEATURE_WP_ASYNC and
  * WP_UNPOPULATED in 6.7 too. The structs carry pagescan's own names so that
- * newer headers, which define them, never clash. Values: KERNEL-SPEC.md §1.
+ * newer headers, which define them, never clash. Values: docs/kernel.md, 'ABI'
+ * and 'pagemap entries'; pagescan/constants.py holds the same numbers (checked
+ * by tests/test_constants.py).
  */
 #ifndef PAGESCAN_KERNEL_H
 #define PAGESCAN_KERNEL_H
@@ -39,6 +41,17 @@ struct pagescan_pm_scan_arg {
 #define PAGESCAN_PAGEMAP_SCAN _IOWR('f', 16, struct pagescan_pm_scan_arg)
 #define PAGESCAN_PM_SCAN_WP_MATCHING (1ULL << 0)
 #define PAGESCAN_PM_SCAN_CHECK_WPASYNC (1ULL << 1)
+
+/* /proc/PID/pagemap entry bits (fs/proc/task_mmu.c; the kernel keeps them
+ * out of the uapi headers). */
+#define PAGESCAN_PM_PFN_MASK ((1ULL << 55) - 1)
+#define PAGESCAN_PM_SOFT_DIRTY (1ULL << 55)
+#define PAGESCAN_PM_MMAP_EXCLUSIVE (1ULL << 56)
+#define PAGESCAN_PM_UFFD_WP (1ULL << 57)
+#define PAGESCAN_PM_GUARD_REGION (1ULL << 58)
+#define PAGESCAN_PM_FILE (1ULL << 61)
+#define PAGESCAN_PM_SWAP (1ULL << 62)
+#define PAGESCAN_PM_PRESENT (1ULL << 63)
 
 #ifndef UFFD_USER_MODE_ONLY
 #define UFFD_USER_MODE_ONLY 1

@@ -7,62 +7,33 @@
 from libc.errno cimport errno, ENOMEM
 from libc.string cimport memmove
 
-cdef extern from "_kernel.h" nogil:
-    struct pagescan_pm_scan_arg:
-        uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages
-        uint64_t category_inverted, category_mask, category_anyof_mask, return_mask
-    unsigned long PAGESCAN_PAGEMAP_SCAN
-    uint64_t PAGESCAN_PM_SCAN_WP_MATCHING
-    uint64_t PAGESCAN_PM_SCAN_CHECK_WPASYNC
-    int UFFD_USER_MODE_ONLY
-    uint64_t UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-    uint64_t UFFD_FEATURE_WP_UNPOPULATED
-    uint64_t UFFD_FEATURE_WP_ASYNC
-    long pagescan_userfaultfd(int flags)
-    int ioctl(int fd, unsigned long request, ...)
-
-cdef extern from "<linux/userfaultfd.h>" nogil:
-    uint64_t UFFD_API
-    unsigned long UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT
-    uint64_t UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP
-    struct uffdio_api:
-        uint64_t api, features, ioctls
-    struct uffdio_range:
-        uint64_t start, len
-    struct uffdio_register:
-        uffdio_range range
-        uint64_t mode, ioctls
-    struct uffdio_writeprotect:
-        uffdio_range range
-        uint64_t mode
-
-cdef extern from "<fcntl.h>" nogil:
-    int O_CLOEXEC, O_NONBLOCK
+from pagescan cimport _kernel as kernel
 
 import os as _os
 
-PM_SCAN_WP_MATCHING = PAGESCAN_PM_SCAN_WP_MATCHING
-PM_SCAN_CHECK_WPASYNC = PAGESCAN_PM_SCAN_CHECK_WPASYNC
-FEATURE_WP_HUGETLBFS_SHMEM = UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-FEATURE_WP_UNPOPULATED = UFFD_FEATURE_WP_UNPOPULATED
-FEATURE_WP_ASYNC = UFFD_FEATURE_WP_ASYNC
-USER_MODE_ONLY = UFFD_USER_MODE_ONLY
+PM_SCAN_WP_MATCHING = kernel.PM_SCAN_WP_MATCHING
+PM_SCAN_CHECK_WPASYNC = kernel.PM_SCAN_CHECK_WPASYNC
+FEATURE_WP_HUGETLBFS_SHMEM = kernel.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+FEATURE_WP_UNPOPULATED = kernel.UFFD_FEATURE_WP_UNPOPULATED
+FEATURE_WP_ASYNC = kernel.UFFD_FEATURE_WP_ASYNC
+USER_MODE_ONLY = kernel.UFFD_USER_MODE_ONLY
+
+cdef uint64_t PAGE_SHIFT = int(_os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
 
 # Regions asked of the kernel per call when the caller set no limit: the first
 # chunk, then geometric growth (every call writes straight into the result).
-cdef uint64_t PAGE_SHIFT = int(_os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
-
-DEF FIRST_CHUNK = 512
-DEF MAX_CHUNK = 1 << 20
+cdef enum:
+    FIRST_CHUNK = 512
+    MAX_CHUNK = 1 << 20
 
 
 cdef inline _oserror(int err, str what):
     return OSError(err, f"{what}: {_os.strerror(err)}")
 
 
-cdef int pm_call(int fd, pagescan_pm_scan_arg* arg) noexcept nogil:
+cdef int pm_call(int fd, kernel.pm_scan_arg* arg) noexcept nogil:
     """One PAGEMAP_SCAN; returns regions written or -errno."""
-    cdef int r = ioctl(fd, PAGESCAN_PAGEMAP_SCAN, arg)
+    cdef int r = kernel.ioctl(fd, kernel.PAGEMAP_SCAN, arg)
     return -errno if r < 0 else r
 
 
@@ -72,7 +43,7 @@ def pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags=0,
     """Exactly one PAGEMAP_SCAN call, as the kernel answers it (walk_end included,
     stale or not): ``(RegionArray, walk_end)``. For tests and probes."""
     cdef RegionArray out = RegionArray()
-    cdef pagescan_pm_scan_arg a
+    cdef kernel.pm_scan_arg a
     cdef int r
     out.reserve(vec_len if vec_len else 1)
     a.size = sizeof(a)
@@ -113,7 +84,7 @@ def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
     if m.matches_nothing or start >= end:
         return ScanResult(out, end if start < end else start)
     cdef int64_t limit = mr
-    cdef pagescan_pm_scan_arg a
+    cdef kernel.pm_scan_arg a
     cdef Py_ssize_t chunk = FIRST_CHUNK, want, k0
     cdef uint64_t found = 0, walk_end = end, last_end
     cdef int r = 0
@@ -147,7 +118,7 @@ def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
                 # coalesce the seam with the previous call's last region
                 if k0 and d[3 * k0 - 2] == d[3 * k0] and d[3 * k0 - 1] == d[3 * k0 + 2]:
                     d[3 * k0 - 2] = d[3 * k0 + 1]
-                    memmove(d + 3 * k0, d + 3 * (k0 + 1), (r - 1) * 24)
+                    memmove(d + 3 * k0, d + 3 * (k0 + 1), (r - 1) * sizeof(kernel.page_region))
                     r -= 1
         if r < 0:
             raise _oserror(-r, "PAGEMAP_SCAN")
@@ -169,7 +140,7 @@ def uffd_open(int flags):
     """userfaultfd(2) with O_CLOEXEC|O_NONBLOCK plus ``flags`` (e.g. USER_MODE_ONLY)."""
     cdef long fd
     with nogil:
-        fd = pagescan_userfaultfd(O_CLOEXEC | O_NONBLOCK | flags)
+        fd = kernel.userfaultfd(kernel.O_CLOEXEC | kernel.O_NONBLOCK | flags)
     if fd < 0:
         raise _oserror(errno, "userfaultfd")
     return fd
@@ -177,13 +148,13 @@ def uffd_open(int flags):
 
 def uffd_api(int fd, uint64_t features):
     """UFFDIO_API handshake; returns the features the kernel granted."""
-    cdef uffdio_api a
+    cdef kernel.uffdio_api a
     cdef int r
-    a.api = UFFD_API
+    a.api = kernel.UFFD_API
     a.features = features
     a.ioctls = 0
     with nogil:
-        r = ioctl(fd, UFFDIO_API, &a)
+        r = kernel.ioctl(fd, kernel.UFFDIO_API, &a)
     if r < 0:
         raise _oserror(errno, "UFFDIO_API")
     return a.features
@@ -191,39 +162,39 @@ def uffd_api(int fd, uint64_t features):
 
 def uffd_register_wp(int fd, uint64_t start, uint64_t length):
     """UFFDIO_REGISTER in write-protect mode."""
-    cdef uffdio_register reg
+    cdef kernel.uffdio_register reg
     cdef int r
     reg.range.start = start
     reg.range.len = length
-    reg.mode = UFFDIO_REGISTER_MODE_WP
+    reg.mode = kernel.UFFDIO_REGISTER_MODE_WP
     reg.ioctls = 0
     with nogil:
-        r = ioctl(fd, UFFDIO_REGISTER, &reg)
+        r = kernel.ioctl(fd, kernel.UFFDIO_REGISTER, &reg)
     if r < 0:
         raise _oserror(errno, "UFFDIO_REGISTER")
     return reg.ioctls
 
 
 def uffd_unregister(int fd, uint64_t start, uint64_t length):
-    cdef uffdio_range rng
+    cdef kernel.uffdio_range rng
     cdef int r
     rng.start = start
     rng.len = length
     with nogil:
-        r = ioctl(fd, UFFDIO_UNREGISTER, &rng)
+        r = kernel.ioctl(fd, kernel.UFFDIO_UNREGISTER, &rng)
     if r < 0:
         raise _oserror(errno, "UFFDIO_UNREGISTER")
 
 
 def uffd_writeprotect(int fd, uint64_t start, uint64_t length, bint protect=True):
     """UFFDIO_WRITEPROTECT (set or clear) over a registered range."""
-    cdef uffdio_writeprotect wp
+    cdef kernel.uffdio_writeprotect wp
     cdef int r
     wp.range.start = start
     wp.range.len = length
-    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
+    wp.mode = kernel.UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
     with nogil:
-        r = ioctl(fd, UFFDIO_WRITEPROTECT, &wp)
+        r = kernel.ioctl(fd, kernel.UFFDIO_WRITEPROTECT, &wp)
     if r < 0:
         raise _oserror(errno, "UFFDIO_WRITEPROTECT")
 
@@ -239,22 +210,13 @@ def buffer_address(obj, bint writable=True):
     return addr, n
 
 
-cdef extern from "<sys/mman.h>" nogil:
-    int c_madvise "madvise"(void* addr, size_t length, int advice)
-
-
 def madvise(uint64_t start, uint64_t length, int advice):
     """madvise(2) on an address range (the mmap module only takes its own maps)."""
     cdef int r
     with nogil:
-        r = c_madvise(<void*>start, length, advice)
+        r = kernel.madvise(<void*>start, length, advice)
     if r < 0:
         raise _oserror(errno, "madvise")
-
-
-cdef extern from "<sys/mman.h>" nogil:
-    int c_msync "msync"(void* addr, size_t length, int flags)
-    int MS_ASYNC
 
 
 def is_mapped(uint64_t start, uint64_t length):
@@ -262,7 +224,7 @@ def is_mapped(uint64_t start, uint64_t length):
     a no-op otherwise, and O(VMAs), not O(pages))."""
     cdef int r
     with nogil:
-        r = c_msync(<void*>start, length, MS_ASYNC)
+        r = kernel.msync(<void*>start, length, kernel.MS_ASYNC)
     if r == 0:
         return True
     if errno == ENOMEM:

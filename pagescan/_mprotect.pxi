@@ -1,35 +1,19 @@
 # The mprotect backend's primitives (included by _core.pyx, after _kernel.pxi).
 #
 # The SIGSEGV handler and the range table are C (_mprotect.c, declared in
-# _mprotect.h); these wrappers check nothing the backend has not checked, raise
-# OSError with the call's name on -errno, and release the GIL around the C work.
+# _mprotect.h, and for Cython in _mprotect.pxd); these wrappers check nothing the
+# backend has not checked, raise OSError with the call's name on -errno, and
+# release the GIL around the C work.
 # A scan takes a snapshot of the page states, runs the core's scan_run over it
 # (the same filter/merge/limit rules as every other backend), then resets
 # exactly the reported pages that the snapshot showed written.
 
-cdef extern from "_mprotect.h" nogil:
-    struct pagescan_mp_stats:
-        uint64_t faults, coarsened, coarsen_events, reprotect_failed, retries
-        int64_t error
-        uint64_t error_addr
-        int64_t mappings, budget
-    int PAGESCAN_MP_MAX_RANGES
-    int pagescan_mp_install()
-    int pagescan_mp_installed()
-    int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t* handle)
-    int pagescan_mp_unregister(uint64_t handle)
-    int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end)
-    int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t* out)
-    int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t* regions,
-                                      size_t nregions, const uint8_t* snap,
-                                      uint64_t snap_start, size_t snap_pages)
-    int pagescan_mp_mark_written(uint64_t handle, uint64_t start, uint64_t end)
-    int pagescan_mp_get_stats(uint64_t handle, pagescan_mp_stats* out)
-    int pagescan_mp_live()
-    void pagescan_mp_touch(uint64_t addr)
-    int pagescan_mp_overlapping(uint64_t start, uint64_t end)
-    void pagescan_mp_inject_enomem(int count)
-    void pagescan_mp_set_budget(int64_t budget)
+from pagescan._mprotect cimport (
+    pagescan_mp_stats, PAGESCAN_MP_MAX_RANGES, pagescan_mp_install, pagescan_mp_installed,
+    pagescan_mp_register, pagescan_mp_unregister, pagescan_mp_arm, pagescan_mp_snapshot,
+    pagescan_mp_reset_regions, pagescan_mp_mark_written, pagescan_mp_get_stats,
+    pagescan_mp_live, pagescan_mp_touch, pagescan_mp_overlapping, pagescan_mp_inject_enomem,
+    pagescan_mp_set_budget)
 
 #: capacity of the mprotect backend's range table (trackers alive at once)
 MP_MAX_RANGES = PAGESCAN_MP_MAX_RANGES

@@ -9,6 +9,7 @@ category enum the Cython declarations use must be :class:`pagescan.Category`.
 
 from __future__ import annotations
 
+import array
 import ast
 import mmap
 import operator
@@ -20,6 +21,7 @@ import pytest
 
 import pagescan
 from pagescan import constants
+from pagescan._types import ALL_CATEGORIES, Category
 
 SRC = Path(__file__).resolve().parents[1] / "pagescan"
 KERNEL_H = SRC / "_kernel.h"
@@ -222,3 +224,43 @@ def test_core_exports_agree():
     assert core.FEATURE_WP_UNPOPULATED == constants.UFFD_FEATURE_WP_UNPOPULATED
     assert core.FEATURE_WP_HUGETLBFS_SHMEM == constants.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
     assert core.USER_MODE_ONLY == constants.UFFD_USER_MODE_ONLY
+
+
+# -- the Cython declarations (pagescan/_kernel.pxd) ---------------------------------------
+
+def pxd_text() -> str:
+    return "\n".join(line.split("#")[0] for line in (SRC / "_kernel.pxd").read_text().splitlines())
+
+
+def test_pxd_category_enum_is_category():
+    members = dict(re.findall(r"^\s+(PAGE_IS_\w+)\s*=\s*(.+?)\s*$", pxd_text(), re.M))
+    enum = {name: c_int(expr, {}) for name, expr in members.items()}
+    assert enum == {f"PAGE_IS_{c.name}": int(c) for c in Category}
+    assert sum(enum.values()) == ALL_CATEGORIES
+
+
+def test_pxd_names_the_macros_as_constants_does():
+    """``const uint64_t PM_FILE "PAGESCAN_PM_FILE"``: the Cython name of each of
+    _kernel.h's macros is the name pagescan.constants gives its value."""
+    defines, _, _ = kernel_h()
+    aliases = re.findall(r"^\s+const [\w ]+?\b(\w+) \"(\w+)\"\s*$", pxd_text(), re.M)
+    assert len(aliases) >= 10
+    for name, cname in aliases:
+        assert cname in defines, f"_kernel.pxd declares {cname}, which _kernel.h lacks"
+        assert getattr(constants, name) == defines[cname], (name, cname)
+
+
+@pytest.mark.parametrize(("entry", "category"), [
+    (constants.PM_PRESENT | 1, Category.PRESENT | Category.WRITTEN),
+    (constants.PM_PRESENT | constants.PM_UFFD_WP | 1, Category.PRESENT),
+    (constants.PM_SWAP | constants.PM_UFFD_WP, Category.SWAPPED),
+    (constants.PM_PRESENT | constants.PM_FILE | constants.PM_UFFD_WP,
+     Category.PRESENT | Category.FILE),
+    (constants.PM_GUARD_REGION | constants.PM_UFFD_WP, Category.GUARD),
+    (constants.PM_SOFT_DIRTY, Category.SOFT_DIRTY),
+    (constants.PM_PRESENT | constants.PM_UFFD_WP | 7, Category.PRESENT | Category.PFNZERO),
+])
+def test_core_pagemap_bits_to_named_categories(entry, category):
+    core = _core()
+    got = core.pagemap_to_categories(array.array("Q", [entry]), zero_pfn=7)
+    assert got[0] == category
