@@ -8,6 +8,7 @@ reason, and the compiled test environment fails on it).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from types import ModuleType
 
@@ -22,7 +23,15 @@ else:
     try:
         from . import _core as impl  # type: ignore[no-redef]
     except ImportError as err:  # not built: fall back, but remember why
-        IMPORT_ERROR = err
+        if importlib.util.find_spec(f"{__package__}._core") is None:
+            # no extension file at all: say so, not Python's "partially
+            # initialized module" wording for a missing submodule
+            IMPORT_ERROR = ImportError(
+                "pagescan._core is not built (installed without a C compiler, or "
+                "run from a source tree without 'python setup.py build_ext --inplace')")
+            IMPORT_ERROR.__cause__ = err
+        else:
+            IMPORT_ERROR = err
         from . import _reference as impl  # type: ignore[no-redef]
     else:
         if getattr(impl, "CORE_ABI", None) != EXPECTED_CORE_ABI:
