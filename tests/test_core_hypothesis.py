@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import scaled
 
 from pagescan import HOLE, Masks
 from pagescan import _reference as ref
@@ -146,7 +147,7 @@ def as_list(regions):
 # --------------------------------------------------------------- properties
 
 
-@settings(common, max_examples=300)
+@settings(common, max_examples=scaled(60, 300))
 @given(data=st.data(), cats=category_arrays(), masks=masks_strategy(),
        max_pages=max_pages_st, max_regions=max_regions_st)
 def test_scan_pages_compiled_equals_reference(data, cats, masks, max_pages, max_regions):
@@ -166,7 +167,7 @@ def test_scan_pages_compiled_equals_reference(data, cats, masks, max_pages, max_
     assert start <= a.walk_end <= start + len(values) * ps
 
 
-@settings(common, max_examples=150)
+@settings(common, max_examples=scaled(40, 150))
 @given(data=st.data(), cats=category_arrays(itemsizes=(8,)), masks=masks_strategy())
 def test_scan_64bit_holes_and_high_bits(data, cats, masks):
     """64-bit input with HOLE items and values with random high bits."""
@@ -184,7 +185,7 @@ def test_scan_64bit_holes_and_high_bits(data, cats, masks):
             assert not values[(addr - start) // ps] & HOLE
 
 
-@settings(common, max_examples=100)
+@settings(common, max_examples=scaled(30, 100))
 @given(data=st.data(), cats=category_arrays(itemsizes=(1, 2, 4)), masks=masks_strategy())
 def test_item_size_does_not_matter(data, cats, masks):
     """The same values widened to every larger item size give the same result."""
@@ -221,7 +222,7 @@ def _resume(impl, buf, start, ps, masks, max_pages, max_regions):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@settings(common, max_examples=100)
+@settings(common, max_examples=scaled(30, 100))
 @given(data=st.data(), cats=category_arrays(max_size=120), masks=masks_strategy(),
        max_pages=st.integers(0, 5), max_regions=st.one_of(st.none(), st.integers(1, 4)))
 def test_resumed_calls_equal_single_call(impl, data, cats, masks, max_pages, max_regions):
@@ -237,7 +238,7 @@ def test_resumed_calls_equal_single_call(impl, data, cats, masks, max_pages, max
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@settings(common, max_examples=100)
+@settings(common, max_examples=scaled(30, 100))
 @given(data=st.data(), cats=category_arrays(max_size=120), masks=masks_strategy(),
        budget=st.integers(1, 40), max_regions=st.integers(1, 4))
 def test_resumed_page_budget_equals_single_call(impl, data, cats, masks, budget, max_regions):
@@ -279,7 +280,7 @@ def pagemap_entries(draw):
     return values, zero_pfn
 
 
-@settings(common, max_examples=150)
+@settings(common, max_examples=scaled(40, 150))
 @given(ent=pagemap_entries(), wpallowed=st.booleans(), none_written=st.booleans(),
        use_out=st.booleans(), as_numpy=st.booleans())
 def test_pagemap_compiled_equals_reference(ent, wpallowed, none_written, use_out, as_numpy):
@@ -370,7 +371,7 @@ def test_regionarray_compiled_equals_reference(regs, shift, data):
         assert np.array_equal(np.asarray(a).reshape(-1, 3), np.asarray(b).reshape(-1, 3))
 
 
-@settings(common, max_examples=60)
+@settings(common, max_examples=scaled(25, 60))
 @given(cats=category_arrays(), masks=masks_strategy())
 def test_unlimited_scan_covers_exactly_the_matching_pages(cats, masks):
     buf, values = cats

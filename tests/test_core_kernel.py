@@ -30,6 +30,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernelutil as ku
+from conftest import scaled
 
 import pagescan
 from pagescan import HOLE, Category, Masks, coalesce, scan_pages
@@ -47,7 +48,7 @@ PURE = pagescan.IMPLEMENTATION == "python"
 # can be overridden with PAGESCAN_KERNEL_CASES).
 N_CASES = int(os.environ.get("PAGESCAN_KERNEL_CASES", "4000" if PURE else "20000"))
 N_RESUME = 500 if PURE else 2000
-N_HYPOTHESIS = 300 if PURE else 600
+N_HYPOTHESIS = scaled(100, 300) if PURE else scaled(150, 600)   # --slow: all
 SEED = 0x5CA7
 
 

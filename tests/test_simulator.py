@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from conftest import scaled
 from hypothesis import strategies as st
 
 import pagescan
@@ -509,7 +510,7 @@ def layouts(draw: Any) -> SimProcess:
     return sim
 
 
-@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=scaled(40, 150), suppress_health_check=[HealthCheck.too_slow])
 @given(sim=layouts(), data=st.data())
 def test_one_scan_equals_the_core_over_the_categories(sim: SimProcess, data: Any) -> None:
     """Without WP_MATCHING, one call answers exactly what scan_pages says over the
