@@ -535,6 +535,7 @@ def test_coarsening_ladder_with_injected_enomem(buf):
         assert len(t.written()) == 0
 
 
+@pytest.mark.slow      # ~300 MiB, seconds; the injected-ENOMEM tests cover the ladder
 def test_map_count_exhaustion_coarsens_never_hangs():
     """The issue's case for real: track ~300 MiB and write every other page,
     more isolated pages than vm.max_map_count allows mappings for. The tracking
