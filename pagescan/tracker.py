@@ -35,15 +35,18 @@ class PartialPageWarning(UserWarning):
     last page is shared with neighbouring memory, whose writes are reported too."""
 
 
-def _warn_shared(backend: Backend, start: int, end: int) -> None:
+def _warn_shared(backend: Backend, start: int, end: int, whole: bool) -> None:
     """SharedMappingWarning when ``[start, end)`` includes MAP_SHARED mappings: every
     mechanism watches the tracked process's own page tables, so a ``write()`` to the
-    file or a store through another mapping of the object is not seen."""
+    file or a store through another mapping of the object is not seen. For a whole
+    process (``whole``) only its writable shared mappings count (almost every
+    process maps some file read-only and shared: locale caches, fonts)."""
     try:
         maps = backend.kernel.maps()
     except OSError:
         return
-    shared = [m for m in maps if m.shared and m.start < end and start < m.end]
+    shared = [m for m in maps if m.shared and m.start < end and start < m.end
+              and (m.writable or not whole)]
     if shared:
         first = shared[0]
         warnings.warn(
@@ -159,7 +162,7 @@ class Tracker:
                 self._backend = None
                 raise
             _live.add(self)
-        _warn_shared(self._backend, start, end)
+        _warn_shared(self._backend, start, end, whole=target is None)
 
     # -- properties -------------------------------------------------------------
 

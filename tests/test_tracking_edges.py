@@ -203,3 +203,18 @@ def test_shared_mapping_warning_names_the_limitation():
     assert issubclass(SharedMappingWarning, UserWarning)
     assert issubclass(HugePageWarning, UserWarning)
     assert "pwrite" in SharedMappingWarning.__doc__
+
+
+def test_simulated_whole_process_warns_for_writable_shared_mappings_only():
+    """A whole-process tracker: read-only shared mappings (locale caches, fonts: in
+    almost every process) give no warning, a writable one does."""
+    from pagescan.simulator import PROT_READ, PROT_WRITE
+    sim = SimProcess()
+    sim.mmap(4 * P)
+    sim.mmap(4 * P, prot=PROT_READ, flags=MAP_SHARED, file=SimFile(4 * P))
+    with no_shared_warning(backend="simulator", pid=sim.pid, mechanism="softdirty"):
+        pass
+    shared = sim.mmap(4 * P, prot=PROT_READ | PROT_WRITE, flags=MAP_SHARED | MAP_ANONYMOUS)
+    with pytest.warns(SharedMappingWarning, match=f"0x{shared:x}"):
+        t = pagescan.track(backend="simulator", pid=sim.pid, mechanism="softdirty")
+    t.close()

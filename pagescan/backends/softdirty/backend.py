@@ -129,8 +129,11 @@ class SoftDirtyBackend(Backend):
                 # a clear) that MADV_NOHUGEPAGE merges with it would make the merged
                 # VMA, and so the neighbour's pages, read as all written
                 self.reset(start, end)
-                if t.is_self and not self.thp and not rng.whole:
-                    self._no_huge(start, end)
+                if t.is_self and not self.thp and not rng.whole and \
+                        self._no_huge(start, end):
+                    # a split PMD's PTEs may all come out soft-dirty (6.12 x86:
+                    # pte_mkdirty of a dirty THP sets the bit): arm again, after it
+                    self.reset(start, end)
             except BaseException:
                 t.ranges.remove(rng)
                 self._ranges.remove(rng)
@@ -149,19 +152,20 @@ class SoftDirtyBackend(Backend):
             raise KernelError(err.errno, f"madvise({advice}): {err.strerror}") from err
         return True
 
-    def _no_huge(self, start: int, end: int) -> None:
+    def _no_huge(self, start: int, end: int) -> bool:
         """No THP in ``[start, end)`` (own memory): MADV_NOHUGEPAGE for the future,
         and every PMD-mapped THP there split into page table entries now. Splitting
         a VMA splits the PMDs it cuts (transhuge.rst: the huge page stays a folio,
         mapped by 512 PTEs that inherit the PMD's soft-dirty bit), so for each 2 MiB
         block with a THP one page of it is given MADV_HUGEPAGE (a VMA of its own)
         and at once MADV_NOHUGEPAGE again (merged back): no protection or content
-        changes, nothing another thread could notice. Done after the clear, the PTEs
-        start clean."""
-        if not self._madvise(start, end - start, MADV_NOHUGEPAGE):
-            return
+        changes, nothing another thread could notice. Whether anything was (or may
+        have been) split: then the range must be armed again (the PTEs of a split
+        PMD can all come out soft-dirty)."""
         k = self.kernel
         huge = k.huge_mappings(start, end)
+        if not self._madvise(start, end - start, MADV_NOHUGEPAGE):
+            return False
         if huge is None:             # cannot tell (a model): every VMA of the range
             huge = [m for m in k.maps() if m.start < end and start < m.end]
         for v in huge:
@@ -173,6 +177,7 @@ class SoftDirtyBackend(Backend):
                     self._madvise(q, PAGE_SIZE, MADV_HUGEPAGE)
                     self._madvise(q, PAGE_SIZE, MADV_NOHUGEPAGE)
                 block += HUGE_SIZE
+        return bool(huge)
 
     def _check_huge(self, start: int, end: int, warn: bool) -> None:
         """Note (stats()) and warn (HugePageWarning, unless ``thp=True`` asked for it)
