@@ -20,8 +20,11 @@ Two ways to read, chosen once by the probe and shown in ``Probe.details["path"]`
 Either way only the VMAs listed in ``/proc/PID/maps`` are looked at, one VMA run at a
 time, and the pieces are stitched so that ``max_pages``, ``max_regions`` and
 ``walk_end`` mean exactly what one scan over the whole range would mean. A tracker
-of a whole process (``track(pid=...)``, range ``[0, 0x7FFFFFFFF000)``) covers its
-writable mappings only.
+of a whole process (``track(pid=...)``, range ``[0, 0x7FFFFFFFF000)``) covers every
+mapping, read-only and PROT_NONE ones too: a page written and then made read-only
+keeps its bit, which the next clear_refs would otherwise erase unseen (each collect
+reads every mapping; a new read-only mapping reads as written once, as a new
+writable one does).
 
 **clear_refs resets the whole process, not a range** (``capabilities.range_reset``
 is False). So that no write is lost to it, every reset of a tracker (and every
@@ -53,8 +56,19 @@ Known inaccuracies of soft-dirty itself (the kernel's, shown by the VM tests):
 * Only writes through this process's page tables are seen: writes by other
   processes to shared memory, and device writes to pinned pages (O_DIRECT, RDMA),
   are not. Kernel writes (``read()`` into a buffer) are seen.
-* Transparent huge pages are tracked as 2 MiB units. For the calling process the
-  range gets MADV_NOHUGEPAGE unless ``thp=True``; another process's THPs stay.
+* Arming clears first and applies MADV_NOHUGEPAGE after: the madvise may merge the
+  range's VMA with a tracked neighbour, and a merge with a still-new (VM_SOFTDIRTY)
+  VMA would make the neighbour read as all written.
+* Transparent huge pages: for the calling process (``thp=False``) the range gets
+  MADV_NOHUGEPAGE and the THPs already there are split when armed (a one-page
+  MADV_HUGEPAGE/MADV_NOHUGEPAGE toggle per 2 MiB block: the VMA boundary splits
+  the PMD), then the range is armed again (6.12: a split dirty PMD gives
+  soft-dirty PTEs); answers are exact to the page. Another process's THPs cannot
+  be split from here: they are reported in 2 MiB units, with a
+  :class:`~pagescan.HugePageWarning` at ``track()`` and the runs in
+  ``stats()["granularity"]``.
+* MAP_SHARED mappings: a ``pwrite()`` to the file or a store through another
+  mapping is not seen (:class:`~pagescan.SharedMappingWarning` at ``track()``).
 * The probe (once per process) clears the soft-dirty bits of the calling process.
 
 The package: :mod:`.runs` (page-run arithmetic), :mod:`.masks` (WRITTEN <->
