@@ -6,6 +6,7 @@ same exception, with the same message, for the same mistake.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 _UNSIGNED = frozenset("BHILQN")
@@ -48,7 +49,9 @@ def check_int(value: Any, name: str, *, minimum: int = 0, maximum: int = U64_MAX
         return None
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    value = value.__index__()
+    # operator.index(), not value.__index__(): for an int subclass it is the int's
+    # own value (what C code converting the object sees), whatever __index__ says
+    value = operator.index(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value}")
     if value > maximum:

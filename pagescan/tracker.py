@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._args import check_int
+from .constants import USER_ADDRESS_LIMIT
 from ._types import Category, Masks, ScanResult, coerce_masks
 from .backends import select
 from .backends.base import Backend, Capabilities
@@ -25,7 +26,7 @@ from .memory import PAGE_SIZE
 __all__ = ["PartialPageWarning", "Tracker", "track"]
 
 #: one past the highest user address with 4-level paging (x86-64)
-_USER_TOP = 0x7FFFFFFFF000
+_USER_TOP = USER_ADDRESS_LIMIT
 
 WRITTEN_MASKS = Masks(required=Category.WRITTEN, return_mask=Category.WRITTEN)
 
@@ -59,11 +60,21 @@ def _warn_shared(backend: Backend, start: int, end: int, whole: bool) -> None:
 
 _live_lock = threading.Lock()
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()
+#: every Tracker not yet collected (its per-tracker lock is re-created after fork)
+_all: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for t in list(_live):
+    """In the child only the forking thread exists: a lock another thread held at
+    fork() (inside track(), close(), or any call of a tracker) would stay held for
+    ever, so every lock the tracking path takes is made anew."""
+    global _live_lock
+    _live_lock = threading.Lock()
+    for t in list(_all):
         t._forked = True
+        t._state = threading.Lock()
+        t._calls = {}
+        t._drained = None
     _live.clear()
 
 
@@ -87,15 +98,31 @@ def _resolve_target(target: Any, length: Any) -> tuple[int, int, Any]:
             raise RangeError("length is zero: nothing to track")
         if n % PAGE_SIZE:
             raise RangeError(f"length {n} is not a multiple of the page size ({PAGE_SIZE})")
+        if addr >= USER_ADDRESS_LIMIT:
+            raise RangeError(f"address 0x{addr:x} is past the end of user space "
+                             f"(0x{USER_ADDRESS_LIMIT:x})")
+        if n > USER_ADDRESS_LIMIT - addr:
+            raise RangeError(f"length {n} from address 0x{addr:x} runs past the end of "
+                             f"user space (0x{USER_ADDRESS_LIMIT:x})")
         return addr, n, None
     if length is not None:
-        raise TypeError("length is only given with an integer address")
+        raise TypeError("address must be an int when a length is given, not "
+                        f"{type(target).__name__} (a length is only given with an "
+                        "integer address)")
     try:
         pin = memoryview(target)
     except TypeError:
         raise TypeError("track() takes pagescan.allocate() memory, an (address, length) "
                         "pair or a writable buffer-protocol object, not "
                         f"{type(target).__name__}") from None
+    try:
+        return _buffer_range(pin, target, impl)
+    except BaseException:
+        pin.release()               # the object stays usable (closable) at once
+        raise
+
+
+def _buffer_range(pin: memoryview, target: Any, impl: Any) -> tuple[int, int, Any]:
     if pin.readonly:
         raise TypeError(f"{type(target).__name__} is read-only: nothing can write to it")
     if not pin.contiguous:
@@ -121,48 +148,66 @@ class Tracker:
                  thp: bool = False, pid: int | None = None, **options: Any) -> None:
         self._forked = False
         self._backend: Backend | None = None
-        self.pid = None if pid is None or pid == os.getpid() else check_int(pid, "pid", minimum=1)
+        self._pin: Any = None
+        # calls in flight (thread id -> depth) and what close() waits on: close()
+        # waits for other threads' calls to finish before it closes the descriptors
+        # they use; calls after close() raise TrackerClosed
+        self._state = threading.Lock()
+        self._calls: dict[int, int] = {}
+        self._drained: threading.Event | None = None
+        self._closer = 0
+        _all.add(self)
+        if pid is not None:
+            pid = check_int(pid, "pid", minimum=1, maximum=(1 << 31) - 1)
+        self.pid = None if pid is None or pid == os.getpid() else pid
         if target is None:
             if self.pid is None:
                 raise TypeError("track() needs memory to watch (or pid= of another process)")
             # every writable mapping of the other process: its backend skips the gaps
-            addr, nbytes, self._pin = 0, _USER_TOP, None
+            addr, nbytes = 0, _USER_TOP
         else:
             addr, nbytes, self._pin = _resolve_target(target, length)
+        try:
             if self.pid is not None and self._pin is not None:
                 raise TypeError("memory of another process is given as (address, length)")
-        #: Where the tracked object starts (an address).
-        self.object_address = addr
-        #: The tracked object's size in bytes.
-        self.object_length = nbytes
-        start = addr - addr % PAGE_SIZE
-        end = -(-(addr + nbytes) // PAGE_SIZE) * PAGE_SIZE
-        if start != addr or end != addr + nbytes:
-            warnings.warn(
-                f"the object at 0x{addr:x} ({nbytes} bytes) does not start and end on page "
-                "boundaries: its first/last page is shared with neighbouring memory, whose "
-                "writes are reported as well", PartialPageWarning, stacklevel=3)
-        #: The first address watched (page-aligned); the range is ``[start, end)``.
-        self.start = start
-        #: One past the last address watched (page-aligned).
-        self.end = end
-        cls = select(backend)
-        with _live_lock:
-            for other in _live:
-                if other.pid == self.pid and other.start < end and start < other.end:
-                    raise OverlapError(
-                        f"[0x{start:x}, 0x{end:x}) overlaps [0x{other.start:x}, "
-                        f"0x{other.end:x}), which another live tracker watches; "
-                        "close that one first")
-            self._backend = cls(pid=self.pid, thp=thp, **options)
-            try:
-                self._backend.register(start, end)
-            except BaseException:
-                self._backend.close()
-                self._backend = None
-                raise
-            _live.add(self)
-        _warn_shared(self._backend, start, end, whole=target is None)
+            #: Where the tracked object starts (an address).
+            self.object_address = addr
+            #: The tracked object's size in bytes.
+            self.object_length = nbytes
+            start = addr - addr % PAGE_SIZE
+            end = -(-(addr + nbytes) // PAGE_SIZE) * PAGE_SIZE
+            if start != addr or end != addr + nbytes:
+                warnings.warn(
+                    f"the object at 0x{addr:x} ({nbytes} bytes) does not start and end on "
+                    "page boundaries: its first/last page is shared with neighbouring "
+                    "memory, whose writes are reported as well", PartialPageWarning,
+                    stacklevel=3)
+            #: The first address watched (page-aligned); the range is ``[start, end)``.
+            self.start = start
+            #: One past the last address watched (page-aligned).
+            self.end = end
+            cls = select(backend)
+            with _live_lock:
+                for other in _live:
+                    if other.pid == self.pid and other.start < end and start < other.end:
+                        raise OverlapError(
+                            f"[0x{start:x}, 0x{end:x}) overlaps [0x{other.start:x}, "
+                            f"0x{other.end:x}), which another live tracker watches; "
+                            "close that one first")
+                self._backend = cls(pid=self.pid, thp=thp, **options)
+                try:
+                    self._backend.register(start, end)
+                except BaseException:
+                    self._backend.close()
+                    self._backend = None
+                    raise
+                _live.add(self)
+            _warn_shared(self._backend, start, end, whole=target is None)
+        except BaseException:
+            # nothing of a failed track() may outlive it: the buffer export above
+            # would make ``except ...: buffer.close()`` raise BufferError
+            self.close()
+            raise
 
     # -- properties -------------------------------------------------------------
 
@@ -211,6 +256,30 @@ class Tracker:
             raise TrackerClosed("the tracker is closed")
         return self._backend
 
+    def _enter(self) -> Backend:
+        """The backend, counted as in use by this thread until :meth:`_leave`."""
+        tid = threading.get_ident()
+        with self._state:
+            backend = self._backend
+            if backend is None or self._forked:
+                self._live()                    # raises TrackerClosed
+            calls = self._calls
+            calls[tid] = calls.get(tid, 0) + 1
+        return backend  # type: ignore[return-value]
+
+    def _leave(self) -> None:
+        tid = threading.get_ident()
+        with self._state:
+            calls = self._calls
+            n = calls.get(tid, 0) - 1
+            if n > 0:
+                calls[tid] = n
+                return
+            calls.pop(tid, None)
+            drained = self._drained
+            if drained is not None and not calls.keys() - {self._closer}:
+                drained.set()
+
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
         s = self.start if start is None else check_int(start, "start")
         e = self.end if end is None else check_int(end, "end")
@@ -232,13 +301,16 @@ class Tracker:
         """Regions with any categories, filtered by ``masks`` (in the kernel where the
         backend can). ``reset=True`` resets the reported WRITTEN pages in the same
         step. Returns ``ScanResult(regions, walk_end)``; resume from ``walk_end``."""
-        backend = self._live()
-        s, e = self._range(start, end)
-        m = coerce_masks(masks)
-        check_int(max_pages, "max_pages")
-        check_int(max_regions, "max_regions", minimum=1, allow_none=True)
-        return backend.scan(s, e, m, max_pages=max_pages, max_regions=max_regions,
-                            reset=reset)
+        backend = self._enter()
+        try:
+            s, e = self._range(start, end)
+            m = coerce_masks(masks)
+            max_pages = check_int(max_pages, "max_pages")  # type: ignore[assignment]
+            max_regions = check_int(max_regions, "max_regions", minimum=1, allow_none=True)
+            return backend.scan(s, e, m, max_pages=max_pages, max_regions=max_regions,
+                                reset=reset)
+        finally:
+            self._leave()
 
     def written(self, *, start: int | None = None, end: int | None = None) -> Any:
         """Pages written since arming or the last reset, as a RegionArray."""
@@ -255,9 +327,12 @@ class Tracker:
 
     def reset(self, *, start: int | None = None, end: int | None = None) -> None:
         """Mark the range (default: everything tracked) not written."""
-        backend = self._live()
-        s, e = self._range(start, end)
-        backend.reset(s, e)
+        backend = self._enter()
+        try:
+            s, e = self._range(start, end)
+            backend.reset(s, e)
+        finally:
+            self._leave()
 
     def mark_written(self, start: int | None = None, end: int | None = None) -> None:
         """Report that ``[start, end)`` (default: everything tracked) is being written by
@@ -266,14 +341,21 @@ class Tracker:
         and with the mprotect backend they become writable, so the kernel's write
         does not fail with EFAULT. A no-op for backends that see every write
         (``capabilities.kernel_writes_seen``)."""
-        backend = self._live()
-        s, e = self._range(start, end)
-        backend.mark_written(s, e)
+        backend = self._enter()
+        try:
+            s, e = self._range(start, end)
+            backend.mark_written(s, e)
+        finally:
+            self._leave()
 
     def stats(self) -> dict[str, Any]:
         """The backend's statistics for this tracker (faults taken, pages coarsened,
         ...); ``{}`` for backends that keep none."""
-        return dict(self._live().stats())
+        backend = self._enter()
+        try:
+            return dict(backend.stats())
+        finally:
+            self._leave()
 
     def offsets(self, regions: Iterable[Iterable[int]]) -> list[tuple[int, int]]:
         """Regions as ``(start, end)`` byte offsets into the tracked object, clipped to
@@ -294,10 +376,27 @@ class Tracker:
     # -- lifetime ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop tracking; the memory stays usable. Closing twice is harmless."""
-        backend, self._backend = self._backend, None
-        if backend is None:
+        """Stop tracking; the memory stays usable. Closing twice is harmless.
+
+        Calls of other threads in progress finish first (close() waits for them);
+        calls made after close() raise :class:`TrackerClosed`."""
+        state = getattr(self, "_state", None)
+        if state is None:                       # __init__ failed before it existed
             return
+        tid = threading.get_ident()
+        with state:
+            backend, self._backend = self._backend, None
+            drained = None
+            if backend is not None and not self._forked and self._calls.keys() - {tid}:
+                # (a close() from inside a call of this thread, e.g. a signal
+                # handler's, waits for the other threads only)
+                self._closer = tid
+                drained = self._drained = threading.Event()
+        if backend is None:
+            self._release_pin()
+            return
+        if drained is not None:
+            drained.wait()
         with _live_lock:
             _live.discard(self)
         try:
@@ -305,9 +404,12 @@ class Tracker:
                 backend.unregister(self.start, self.end)
         finally:
             backend.close()
-            if self._pin is not None:
-                self._pin.release()
-                self._pin = None
+            self._release_pin()
+
+    def _release_pin(self) -> None:
+        pin, self._pin = getattr(self, "_pin", None), None
+        if pin is not None:
+            pin.release()
 
     def __enter__(self) -> Tracker:
         self._live()
