@@ -9,6 +9,7 @@ import mmap
 import os
 import select
 import signal
+import sys
 import threading
 import warnings
 
@@ -119,13 +120,18 @@ def test_collect_racing_close_only_tracker_closed_escapes() -> None:
     to run; the assertion holds for every one.)"""
     mem = pagescan.allocate(16 * PS)
     escaped: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                  # threads interleave often (not timed)
     try:
         for _ in range(300):
             t = pagescan.track(mem, backend="uffd")
             go = threading.Barrier(4)
             stolen: list[int] = []
 
-            def collector(t: pagescan.Tracker = t, go: threading.Barrier = go) -> None:
+            running = [threading.Event(), threading.Event()]
+
+            def collector(t: pagescan.Tracker = t, go: threading.Barrier = go,
+                          running: threading.Event = running[0]) -> None:
                 go.wait()
                 try:
                     while True:
@@ -133,6 +139,7 @@ def test_collect_racing_close_only_tracker_closed_escapes() -> None:
                         t.collect()
                         t.written()
                         t.reset()
+                        running.set()            # close() comes while calls go on
                 except TrackerClosed:
                     return
                 except BaseException as e:
@@ -146,11 +153,14 @@ def test_collect_racing_close_only_tracker_closed_escapes() -> None:
                 for _ in range(4):               # the numbers close() frees, at once
                     stolen.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
 
-            threads = [threading.Thread(target=collector) for _ in range(2)]
+            threads = [threading.Thread(target=collector, kwargs={"running": ev})
+                       for ev in running]
             threads.append(threading.Thread(target=thief))
             for th in threads:
                 th.start()
             go.wait()
+            for ev in running:
+                ev.wait()
             t.close()
             for th in threads:
                 th.join()
@@ -160,6 +170,7 @@ def test_collect_racing_close_only_tracker_closed_escapes() -> None:
                 t.collect()
             assert not escaped, f"{len(escaped)} calls failed otherwise: {escaped[:3]!r}"
     finally:
+        sys.setswitchinterval(interval)
         mem.close()
 
 
