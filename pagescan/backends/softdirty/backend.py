@@ -50,7 +50,11 @@ class SoftDirtyBackend(Backend):
             "clear_refs write can be lost (another process: freeze=True closes the window)",
             "new mappings, and mappings merged with new ones (mmap, mprotect), read as "
             "all written",
-            "writes through other processes' mappings of shared memory are not seen",
+            "MAP_SHARED mappings: writes through other mappings of the object (another "
+            "process, a second mmap) and write()/pwrite() to the file are not seen "
+            "(SharedMappingWarning at track())",
+            "own memory: transparent huge pages are split when armed (exact pages); "
+            "another process's stay 2 MiB units (HugePageWarning, stats()['granularity'])",
             "with PAGEMAP_SCAN (Linux 6.7+) the masks are applied in the kernel",
         ),
     )
