@@ -483,3 +483,17 @@ def test_bad_scan_arguments_on_a_live_tracker() -> None:
             with pytest.raises(exc, match=match):
                 t.scan(**kw)
     sim.exit()
+
+
+def test_watch_demo_with_an_unavailable_backend_is_a_message() -> None:
+    """``PAGESCAN_BACKEND=softdirty pagescan watch --demo`` where soft-dirty does not
+    work: the reason, not a BufferError traceback from closing the demo buffer."""
+    if pagescan.probe("softdirty").ok:
+        pytest.skip("soft-dirty works here")
+    import subprocess
+    env = dict(os.environ, PAGESCAN_BACKEND="softdirty")
+    r = subprocess.run([sys.executable, "-m", "pagescan", "watch", "--demo", "--count", "1",
+                        "--interval", "1ms"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert "BufferError" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "softdirty" in r.stderr and "unavailable" in r.stderr, r.stderr
