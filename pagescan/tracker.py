@@ -42,8 +42,11 @@ def _warn_shared(backend: Backend, start: int, end: int, whole: bool) -> None:
     file or a store through another mapping of the object is not seen. For a whole
     process (``whole``) only its writable shared mappings count (almost every
     process maps some file read-only and shared: locale caches, fonts)."""
+    kernel = getattr(backend, "kernel", None)      # (a third-party backend may have none)
+    if kernel is None:
+        return
     try:
-        maps = backend.kernel.maps()
+        maps = kernel.maps()
     except OSError:
         return
     shared = [m for m in maps if m.shared and m.start < end and start < m.end
