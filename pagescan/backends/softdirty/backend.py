@@ -200,7 +200,7 @@ class SoftDirtyBackend(Backend):
             f"{len(runs)} mapping(s) of [0x{start:x}, 0x{end:x}) in process {self.pid} "
             f"have transparent huge pages ({where}): a write to one of their pages is "
             "reported as its whole 2 MiB huge page (stats()['granularity'])",
-            HugePageWarning, stacklevel=4)
+            HugePageWarning, stacklevel=5)
 
     def stats(self) -> dict[str, object]:
         """``granularity``: the runs of the tracked ranges that had transparent huge
