@@ -28,7 +28,7 @@ skipped (``--run``: the command exited 0); 1 when a kernel's run fails that chec
 setup problem (missing tools, kernel not found in apt's lists: run
 ``--install-deps``).
 
-Standard library only. The cache (default ``/work/main/vm-cache``, i.e. ``vm-cache``
+Standard library only. The cache (default ``vm-cache``
 beside ``vm/``, or ``$PAGESCAN_VM_CACHE``) keeps the unpacked kernels and modules;
 the downloaded .deb files are deleted once unpacked.
 """
