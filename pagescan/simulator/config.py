@@ -53,7 +53,7 @@ class KernelConfig:
     @classmethod
     def host(cls, **overrides: Any) -> KernelConfig:
         """The settings of the running kernel where they can be read (THP policy,
-        huge zero page, soft-dirty from /proc/config.gz or /boot/config-*)."""
+        huge zero page, soft-dirty from ``/proc/config.gz`` or ``/boot/config-*``)."""
         kw: dict[str, Any] = {}
         base = "/sys/kernel/mm/transparent_hugepage/"
         try:
