@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ._impl import IMPLEMENTATION, IMPORT_ERROR
 from ._impl import impl as _impl
-from ._types import ALL_CATEGORIES, HOLE, Category, Masks, PageRegion, ScanResult
+from ._types import ALL_CATEGORIES, HOLE, Category, Masks, PageRegion, ScanCount, ScanResult
 from .backends import backend_names, probe, probe_all
 from .errors import (AccessDenied, BackendUnavailable, HugePageWarning, KernelError,
                      NoSuchProcess, OverlapError, PagescanError, RangeError,
@@ -33,7 +33,7 @@ __all__ = [
     "ALL_CATEGORIES", "HOLE", "IMPLEMENTATION", "IMPORT_ERROR", "PAGE_SIZE", "AccessDenied",
     "BackendUnavailable", "Category", "HugePageWarning", "KernelError", "Masks", "Memory",
     "NoSuchProcess", "OverlapError", "PageRegion", "PagescanError", "PartialPageWarning",
-    "RangeError", "RegionArray", "ScanResult", "SharedMappingWarning", "Tracker",
+    "RangeError", "RegionArray", "ScanCount", "ScanResult", "SharedMappingWarning", "Tracker",
     "TrackerClosed", "allocate", "backend_names",
     "checkpoint", "coalesce", "monitor", "monitoring", "pagemap_to_categories", "probe",
     "probe_all", "scan_pages", "track",

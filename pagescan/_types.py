@@ -15,6 +15,7 @@ __all__ = [
     "Category",
     "Masks",
     "PageRegion",
+    "ScanCount",
     "ScanResult",
 ]
 
@@ -225,11 +226,45 @@ def coerce_masks(masks: Any) -> Masks:
 
 
 class PageRegion(NamedTuple):
-    """One run of pages, as ``struct page_region``: ``[start, end)`` and categories."""
+    """One run of pages, as ``struct page_region``: ``[start, end)`` and categories.
+
+    Iterating or indexing a RegionArray gives ``categories`` as a :class:`Category`
+    (an ``int`` subclass, so it compares and computes as the plain value does).
+    """
 
     start: int
     end: int
-    categories: int
+    categories: Category
+
+
+#: Category(v) of every v in [0, ALL_CATEGORIES], made on first use (Category()
+#: costs about a microsecond; a list lookup tens of nanoseconds). The compiled
+#: core reads this same list.
+_CATEGORY_CACHE: list[Category | None] = [None] * (ALL_CATEGORIES + 1)
+
+
+def as_category(value: int) -> Category:
+    """``Category(value)``, from the cache for the 512 values a scan can report.
+
+    Values with other bits (only in user-built regions: a scan reports categories
+    within ``return_mask``, and ``HOLE`` pages never match) keep those bits."""
+    if 0 <= value <= ALL_CATEGORIES:
+        c = _CATEGORY_CACHE[value]
+        if c is None:
+            c = _CATEGORY_CACHE[value] = Category(value)
+        return c
+    return Category(value)
+
+
+def category_repr(value: int) -> str:
+    """``Category.WRITTEN|Category.PRESENT`` (as the README shows regions), ``0``."""
+    if not value:
+        return "0"
+    known = value & ALL_CATEGORIES
+    parts = [f"Category.{c.name}" for c in Category if c & known]
+    if value & ~ALL_CATEGORIES:
+        parts.append(f"0x{value & ~ALL_CATEGORIES:x}")
+    return "|".join(parts)
 
 
 class ScanResult(NamedTuple):
@@ -240,4 +275,17 @@ class ScanResult(NamedTuple):
     """
 
     regions: Any  # RegionArray of the loaded implementation
+    walk_end: int
+
+
+class ScanCount(NamedTuple):
+    """What a scan into a caller's buffer (``out=``) returns.
+
+    ``nregions`` regions were written to the start of ``out`` (``out[:nregions]``;
+    a ``RegionArray`` given as ``out`` also gets that length); ``walk_end`` has
+    :class:`ScanResult`'s meaning. ``out``'s capacity bounds the answer as
+    ``max_regions`` does: a full buffer stops the scan at the next matching page.
+    """
+
+    nregions: int
     walk_end: int

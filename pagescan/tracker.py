@@ -17,7 +17,9 @@ from typing import Any
 
 from ._args import check_int
 from .constants import USER_ADDRESS_LIMIT
-from ._types import Category, Masks, ScanResult, coerce_masks
+from ._impl import impl as _impl
+from ._out import out_capacity
+from ._types import Category, Masks, ScanCount, coerce_masks
 from .backends import select
 from .backends.base import Backend, Capabilities
 from .errors import OverlapError, RangeError, SharedMappingWarning, TrackerClosed
@@ -300,33 +302,61 @@ class Tracker:
 
     def scan(self, masks: Masks | None = None, *, start: int | None = None,
              end: int | None = None, max_pages: int = 0, max_regions: int | None = None,
-             reset: bool = False) -> ScanResult:
+             reset: bool = False, out: Any = None) -> Any:
         """Regions with any categories, filtered by ``masks`` (in the kernel where the
         backend can). ``reset=True`` resets the reported WRITTEN pages in the same
-        step. Returns ``ScanResult(regions, walk_end)``; resume from ``walk_end``."""
+        step. Returns ``ScanResult(regions, walk_end)``; resume from ``walk_end``.
+
+        ``out``: a result buffer the caller keeps across calls
+        (``RegionArray.empty(n)`` or a writable ``(n, 3)`` uint64 array); the
+        regions are written into it, its capacity bounds the answer as
+        ``max_regions`` does, and the result is ``ScanCount(nregions, walk_end)``
+        (the regions are ``out[:nregions]``). With the uffd backend the kernel writes
+        straight into it and nothing is allocated; other backends copy into it."""
         backend = self._enter()
         try:
             s, e = self._range(start, end)
             m = coerce_masks(masks)
             max_pages = check_int(max_pages, "max_pages")  # type: ignore[assignment]
             max_regions = check_int(max_regions, "max_regions", minimum=1, allow_none=True)
+            if out is not None:
+                return self._scan_into(backend, s, e, m, max_pages, max_regions, reset, out)
             return backend.scan(s, e, m, max_pages=max_pages, max_regions=max_regions,
                                 reset=reset)
         finally:
             self._leave()
+
+    @staticmethod
+    def _scan_into(backend: Backend, s: int, e: int, m: Masks, max_pages: int,
+                   max_regions: int | None, reset: bool, out: Any) -> ScanCount:
+        into = getattr(backend, "scan_into", None)
+        if into is not None:
+            result: ScanCount | None = into(s, e, m, out, max_pages=max_pages,
+                                            max_regions=max_regions, reset=reset)
+            if result is not None:
+                return result
+        cap = out_capacity(out, _impl.RegionArray)
+        if cap == 0:
+            raise ValueError("out has no room for a region (capacity 0)")
+        if max_regions is None or max_regions > cap:
+            max_regions = cap
+        r = backend.scan(s, e, m, max_pages=max_pages, max_regions=max_regions, reset=reset)
+        return ScanCount(_impl.copy_regions(r.regions, out), r.walk_end)
 
     def written(self, *, start: int | None = None, end: int | None = None) -> Any:
         """Pages written since arming or the last reset, as a RegionArray."""
         return self.scan(WRITTEN_MASKS, start=start, end=end).regions
 
     def collect(self, *, reset: bool = True, max_pages: int = 0, start: int | None = None,
-                end: int | None = None) -> ScanResult:
+                end: int | None = None, out: Any = None) -> Any:
         """Written pages, and (``reset=True``) reset them in the same step: a write
         racing the call is reported now or by a later collect, never lost (atomic
         where ``capabilities.atomic_reset``). ``max_pages`` bounds the answer;
-        ``walk_end`` says where the next call should start for the rest."""
+        ``walk_end`` says where the next call should start for the rest.
+        ``out``: a result buffer kept across calls, as for :meth:`scan` (returns
+        ``ScanCount(nregions, walk_end)``; a full buffer bounds the answer)."""
         return self.scan(WRITTEN_MASKS, start=start, end=end, max_pages=max_pages,
-                         reset=reset)
+                         reset=reset, out=out)
 
     def reset(self, *, start: int | None = None, end: int | None = None) -> None:
         """Mark the range (default: everything tracked) not written."""

@@ -28,11 +28,12 @@ the same code runs on the simulator (``backend="simulator", mechanism="uffd"``).
 from __future__ import annotations
 
 import errno
+import functools
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .._impl import IMPLEMENTATION
-from .._types import ALL_CATEGORIES, Category, Masks, ScanResult
+from .._types import ALL_CATEGORIES, Category, Masks, ScanCount, ScanResult
 from ..errors import KernelError, PagescanError, RangeError
 from ..constants import MADV_NOHUGEPAGE, USER_ADDRESS_LIMIT
 from ..kernel import (PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
@@ -138,6 +139,10 @@ class UffdBackend(Backend):
             raise
         # the hot path: bound once (LinuxKernel.pagemap_scan is the compiled core's)
         self._pm_scan = k.pagemap_scan
+        # the running kernel's pagemap_scan is the core's pm_scan itself (a partial),
+        # which writes into a caller's buffer (out=); a simulated kernel's is not
+        self._pm_out = isinstance(k, LinuxKernel) and isinstance(
+            vars(k).get("pagemap_scan"), functools.partial)
         self._writeprotect = self._uffd.writeprotect
 
     # -- registration -------------------------------------------------------
@@ -209,6 +214,28 @@ class UffdBackend(Backend):
             self._check_mapped(start, end)
         return result
 
+    def scan_into(self, start: int, end: int, masks: Masks, out: Any, *, max_pages: int = 0,
+                  max_regions: int | None = None, reset: bool = False) -> ScanCount | None:
+        """scan() into the caller's buffer ``out``: PAGEMAP_SCAN writes straight into
+        it (nothing allocated). None where the kernel cannot (then the caller copies)."""
+        if not self._pm_out:
+            return None
+        flags = PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING if reset else PM_SCAN_CHECK_WPASYNC
+        try:
+            pm: Any = self._pm_scan                   # the core's pm_scan (takes out=)
+            result: ScanCount = pm(start, end, flags, masks.restrict(self._valid),
+                                   max_pages, max_regions, out)
+        except OSError as err:
+            raise self._error(err, start, end) from err
+        # as scan(): a hole reads as "nothing written"; checked when nothing was found
+        # or an unfiltered scan left gaps
+        count = result.nregions
+        ps = self.kernel.page_size
+        if not count or (not (masks.mask or masks.anyof)
+                         and _pages(out, count, ps) * ps < result.walk_end - start):
+            self._check_mapped(start, end)
+        return result
+
     def _check_mapped(self, start: int, end: int) -> None:
         if not self._whole and not self.kernel.is_mapped(start, end - start):
             raise RangeError(f"[0x{start:x}, 0x{end:x}) is no longer write-protect "
@@ -230,3 +257,11 @@ class UffdBackend(Backend):
         if uf is not None:
             uf.close()
         super().close()
+
+
+def _pages(out: Any, count: int, page_size: int) -> int:
+    """Pages in the first ``count`` regions of a scan's ``out`` buffer."""
+    if hasattr(out, "pages") and hasattr(out, "capacity"):    # a RegionArray: len == count
+        return int(out.pages(page_size))
+    flat = memoryview(out).cast("B").cast("Q")
+    return sum((flat[3 * i + 1] - flat[3 * i]) // page_size for i in range(count))
