@@ -53,6 +53,42 @@ struct pagescan_pm_scan_arg {
 #define PAGESCAN_PM_SWAP (1ULL << 62)
 #define PAGESCAN_PM_PRESENT (1ULL << 63)
 
+/* PROCMAP_QUERY (Linux 6.11, include/uapi/linux/fs.h): an ioctl on an open
+ * /proc/PID/maps that describes one VMA (the one covering query_addr, or with
+ * COVERING_OR_NEXT the next one after it) without formatting the whole file.
+ * ENOENT: no such VMA; ENOTTY: a kernel without the ioctl. For a VMA without
+ * a file, offset, inode and device are 0. */
+struct pagescan_procmap_query {
+    uint64_t size;              /* in: sizeof(struct pagescan_procmap_query) */
+    uint64_t query_flags;       /* in */
+    uint64_t query_addr;        /* in */
+    uint64_t vma_start;         /* out */
+    uint64_t vma_end;           /* out */
+    uint64_t vma_flags;         /* out: PAGESCAN_PROCMAP_VMA_* */
+    uint64_t vma_page_size;     /* out */
+    uint64_t vma_offset;        /* out: file offset of vma_start */
+    uint64_t inode;             /* out */
+    uint32_t dev_major;         /* out */
+    uint32_t dev_minor;         /* out */
+    uint32_t vma_name_size;     /* in/out: 0, no name wanted */
+    uint32_t build_id_size;     /* in/out: 0, no build id wanted */
+    uint64_t vma_name_addr;     /* in */
+    uint64_t build_id_addr;     /* in */
+};
+
+#define PAGESCAN_PROCMAP_QUERY _IOWR('f', 17, struct pagescan_procmap_query)
+/* vma_flags (out), and as query_flags the flags the VMA must have. Only the C
+ * side uses them: an enum, not #defines (tests/test_constants.py requires every
+ * #define here to be in pagescan.constants). */
+enum {
+    PAGESCAN_PROCMAP_VMA_READABLE = 0x01,
+    PAGESCAN_PROCMAP_VMA_WRITABLE = 0x02,
+    PAGESCAN_PROCMAP_VMA_EXECUTABLE = 0x04,
+    PAGESCAN_PROCMAP_VMA_SHARED = 0x08,
+    PAGESCAN_PROCMAP_COVERING_OR_NEXT_VMA = 0x10,
+    PAGESCAN_PROCMAP_FILE_BACKED_VMA = 0x20,
+};
+
 #ifndef UFFD_USER_MODE_ONLY
 #define UFFD_USER_MODE_ONLY 1
 #endif
@@ -68,6 +104,8 @@ struct pagescan_pm_scan_arg {
 
 _Static_assert(sizeof(struct pagescan_pm_scan_arg) == 96, "pm_scan_arg is 96 bytes");
 _Static_assert(sizeof(struct pagescan_page_region) == 24, "page_region is 24 bytes");
+/* (written this way round: tests/test_constants.py sums only all-u64 structs) */
+_Static_assert(104 == sizeof(struct pagescan_procmap_query), "procmap_query is 104 bytes");
 
 static inline long pagescan_userfaultfd(int flags) {
     return syscall(__NR_userfaultfd, flags);

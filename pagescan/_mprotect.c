@@ -47,12 +47,16 @@
  */
 #define _GNU_SOURCE
 #include "_mprotect.h"
+#include "_kernel.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <ucontext.h>
@@ -83,9 +87,21 @@
  * before it (and retried) rather than for a genuine fault */
 #define RETIRED_GRACE_NS 1000000000ULL
 
+/* The identity of a part of a tracked range, as PROCMAP_QUERY describes its VMAs
+ * at register: no file (inode and device 0: anonymous private memory), or a file
+ * and where in it (the file offset of address x is x + base). */
+struct mp_seg {
+    uint64_t start, end;
+    uint64_t inode, base;
+    uint32_t dev_major, dev_minor;
+    uint32_t shared, pad;
+};
+
 struct mp_range {
     uint64_t start, end;        /* written only while seq is odd          */
     uint8_t *state;             /* npages bytes, mmap'd                    */
+    struct mp_seg *segs;        /* nsegs, in the same mapping (0: unchecked) */
+    size_t nsegs;
     size_t npages, map_len;
     uint64_t cookie;            /* 0: never used                           */
     unsigned seq;               /* seqlock over start/end/state/npages     */
@@ -282,6 +298,204 @@ static int sub_range(struct mp_range *r, uint64_t start, uint64_t end, size_t *f
     return 0;
 }
 
+/* --------------------------------------------- is it still the tracked mapping?
+ *
+ * A tracked range can be unmapped and something else mapped at its address
+ * (munmap then mmap, or mmap(MAP_FIXED) over it). Changing the protection there
+ * would change memory that is not the tracker's (r-x made r--, or rw-). So
+ * before every change of protection the VMAs of the span are compared with the
+ * identity recorded at register, through PROCMAP_QUERY (Linux 6.11) on an open
+ * /proc/self/maps: one ioctl per VMA (about a microsecond), no text to format
+ * or parse. A VMA is still the tracker's when it has the recorded identity (no
+ * file, or the same device, inode and file offset; shared or private as
+ * recorded) and a protection the tracker could have set: readable, not
+ * executable (PROT_READ or PROT_READ|PROT_WRITE). A hole or any other VMA:
+ * -ENXIO, and nothing is changed. The handler asks too, for the faulting page
+ * (an ioctl is async-signal-safe), and passes a fault on a VMA that is not the
+ * tracker's to the previous handler instead of giving write access to it.
+ *
+ * What it cannot tell: a new anonymous private mapping with PROT_READ or
+ * PROT_READ|PROT_WRITE at the same place looks like the tracked one
+ * (PROCMAP_QUERY shows no anon_vma), and so does the same file at the same
+ * offset. A change between the check and the mprotect() (another thread
+ * unmapping tracked memory while it is collected) is not seen.
+ *
+ * Without PROCMAP_QUERY (before 6.11: ENOTTY) nothing is checked here, and
+ * pagescan_mp_checks() says so: the backend compares /proc/self/maps at reset. */
+
+#define CHECK_UNKNOWN 0
+#define CHECK_WORKS 1
+#define CHECK_NONE (-1)
+#define CANNOT_TELL 1
+
+static int maps_fd = -1;        /* /proc/self/maps, opened by the first register */
+static dev_t maps_dev;
+static ino_t maps_ino;
+static int procmap = CHECK_UNKNOWN;
+static int checks_off;          /* test hook: as if the kernel had no PROCMAP_QUERY */
+static int fd_lock;
+
+static int raw_query(int fd, uint64_t addr, struct pagescan_procmap_query *q) {
+    memset(q, 0, sizeof(*q));
+    q->size = sizeof(*q);
+    q->query_flags = PAGESCAN_PROCMAP_COVERING_OR_NEXT_VMA;
+    q->query_addr = addr;
+    return ioctl(fd, PAGESCAN_PROCMAP_QUERY, q) < 0 ? -errno : 0;
+}
+
+/* Open /proc/self/maps (fd_lock held). */
+static int open_maps(void) {
+    struct stat st;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    maps_dev = st.st_dev;
+    maps_ino = st.st_ino;
+    STORE(&maps_fd, fd);
+    return 0;
+}
+
+/* Whether fd is still the file open_maps() opened (not closed by other code,
+ * its number taken by another file). */
+static int fd_is_ours(int fd) {
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == maps_dev && st.st_ino == maps_ino;
+}
+
+/* Open /proc/self/maps and find out whether the kernel has PROCMAP_QUERY (once). */
+static void ensure_maps(void) {
+    spin_lock(&fd_lock);
+    if (LOAD(&procmap) != CHECK_NONE && LOAD(&maps_fd) < 0 && open_maps() < 0)
+        STORE(&procmap, CHECK_NONE);            /* no /proc: nothing can be checked */
+    if (LOAD(&procmap) == CHECK_UNKNOWN) {
+        struct pagescan_procmap_query q;
+        int rc = raw_query(maps_fd, (uint64_t)(uintptr_t)&procmap, &q);
+        STORE(&procmap, rc == 0 || rc == -ENOENT ? CHECK_WORKS : CHECK_NONE);
+    }
+    spin_unlock(&fd_lock);
+}
+
+/* The VMA covering addr, or the next one: 0, -ENOENT (none), or CANNOT_TELL.
+ * Outside the handler, a descriptor that other code closed (and whose number
+ * may name another file now) is replaced by a new one. */
+static int query(uint64_t addr, struct pagescan_procmap_query *q, int in_handler) {
+    int fd = LOAD(&maps_fd), rc;
+    if (LOAD(&procmap) != CHECK_WORKS || LOAD(&checks_off) || fd < 0)
+        return CANNOT_TELL;
+    rc = raw_query(fd, addr, q);
+    if (rc == 0 || rc == -ENOENT)
+        return rc;
+    if (in_handler)
+        return CANNOT_TELL;
+    spin_lock(&fd_lock);
+    if (LOAD(&maps_fd) == fd && !fd_is_ours(fd)) {
+        STORE(&maps_fd, -1);                    /* not closed: the number is not ours */
+        open_maps();
+    }
+    fd = LOAD(&maps_fd);
+    rc = fd < 0 ? CANNOT_TELL : raw_query(fd, addr, q);
+    spin_unlock(&fd_lock);
+    return rc == 0 || rc == -ENOENT ? rc : CANNOT_TELL;
+}
+
+static int seg_has_file(const struct mp_seg *g) {
+    return g->inode != 0 || g->dev_major != 0 || g->dev_minor != 0;
+}
+
+static void seg_from_query(struct mp_seg *g, const struct pagescan_procmap_query *q) {
+    memset(g, 0, sizeof(*g));
+    g->inode = q->inode;
+    g->dev_major = q->dev_major;
+    g->dev_minor = q->dev_minor;
+    g->shared = (q->vma_flags & PAGESCAN_PROCMAP_VMA_SHARED) != 0;
+    g->base = seg_has_file(g) ? q->vma_offset - q->vma_start : 0;
+}
+
+static int same_identity(const struct mp_seg *x, const struct mp_seg *y) {
+    return x->inode == y->inode && x->dev_major == y->dev_major
+           && x->dev_minor == y->dev_minor && x->shared == y->shared && x->base == y->base;
+}
+
+/* The identity of [start, end), VMA by VMA, merged where it is the same, into
+ * out[0, cap). Returns how many parts it has (also past cap), -ENOMEM where
+ * the range is not mapped, -ENOSYS when it cannot be told. */
+static long build_segs(uint64_t start, uint64_t end, struct mp_seg *out, size_t cap) {
+    struct pagescan_procmap_query q;
+    struct mp_seg cur, g;
+    uint64_t at = start;
+    size_t n = 0;
+    while (at < end) {
+        int rc = query(at, &q, 0);
+        if (rc == CANNOT_TELL)
+            return -ENOSYS;
+        if (rc < 0 || q.vma_start > at)
+            return -ENOMEM;
+        seg_from_query(&g, &q);
+        g.start = at;
+        g.end = q.vma_end < end ? q.vma_end : end;
+        if (n > 0 && same_identity(&cur, &g) && cur.end == g.start) {
+            cur.end = g.end;
+        } else {
+            if (n > 0 && n <= cap)
+                out[n - 1] = cur;
+            cur = g;
+            n++;
+        }
+        at = q.vma_end;
+    }
+    if (n > 0 && n <= cap)
+        out[n - 1] = cur;
+    return (long)n;
+}
+
+/* 0 when [a, b) of r is still the tracked mapping (or it cannot be told),
+ * -ENXIO when it is not: a hole, a VMA of another identity, or a protection
+ * the tracker never sets (not readable, or executable). */
+static int check_span(const struct mp_range *r, uint64_t a, uint64_t b, int in_handler) {
+    struct pagescan_procmap_query q;
+    struct mp_seg g;
+    uint64_t at = a;
+    size_t k = 0, j;
+    if (r->nsegs == 0)
+        return 0;
+    while (at < b) {
+        uint64_t e;
+        int rc = query(at, &q, in_handler);
+        if (rc == CANNOT_TELL)
+            return 0;
+        if (rc < 0 || q.vma_start > at)
+            return -ENXIO;
+        if (!(q.vma_flags & PAGESCAN_PROCMAP_VMA_READABLE)
+            || (q.vma_flags & PAGESCAN_PROCMAP_VMA_EXECUTABLE))
+            return -ENXIO;
+        seg_from_query(&g, &q);
+        e = q.vma_end < b ? q.vma_end : b;
+        while (k < r->nsegs && r->segs[k].end <= at)
+            k++;
+        for (j = k; j < r->nsegs && r->segs[j].start < e; j++) {
+            const struct mp_seg *s = &r->segs[j];
+            if (g.inode != s->inode || g.dev_major != s->dev_major
+                || g.dev_minor != s->dev_minor || g.shared != s->shared
+                || (seg_has_file(s) && g.base != s->base))
+                return -ENXIO;
+        }
+        at = q.vma_end;
+    }
+    return 0;
+}
+
+int pagescan_mp_checks(void) {
+    ensure_maps();
+    return LOAD(&procmap) == CHECK_WORKS && !LOAD(&checks_off);
+}
+
+void pagescan_mp_set_checks(int on) { STORE(&checks_off, !on); }
+
 /* ------------------------------------------------------------- the handler */
 
 /* The active range holding addr, with its inflight count raised; NULL if none.
@@ -361,6 +575,8 @@ static int try_span(struct mp_range *r, size_t a, size_t b, size_t self, size_t 
     int64_t delta = delta_writable(r, a, b, self);
     if (over_budget(delta))
         return ENOMEM;          /* would add mappings past the budget: a larger span */
+    if (check_span(r, r->start + (a << page_shift), r->start + (b << page_shift), 1) < 0)
+        return ENXIO;           /* not all of it is the tracked mapping any more */
     *newly += claim_coarse(r, a, b, self);
     if (a < *lo)
         *lo = a;
@@ -450,6 +666,12 @@ static int handle_write(uint64_t addr, int *err_out) {
     }
     i = (page - r->start) >> page_shift;
     p = &r->state[i];
+    if (check_span(r, page, page + page_size, 1) < 0) {
+        /* unmapped and mapped again, or protected PROT_NONE/PROT_EXEC by the
+         * program: not a tracking fault, and no write access to give */
+        leave(r);
+        return NOT_OURS;
+    }
     for (;;) {
         uint8_t s = LOAD(p);
         if (s == CLEAN || s == DIRTY) {
@@ -528,6 +750,9 @@ static void report_failure(uint64_t addr, int err) {
                                  "and coarsening to the whole range did not help; raise it "
                                  "(sysctl -w vm.max_map_count=...) or track with "
                                  "backend='uffd'");
+    if (err == ENXIO)
+        n = put_str(buf, n, cap, " (ENXIO): the tracked range around it is no longer the "
+                                 "tracked mapping (unmapped or replaced)");
     n = put_str(buf, n, cap, ". Passing the fault on to the previous SIGSEGV handler.\n");
     w = write(2, buf, n);
     (void)w;
@@ -616,10 +841,19 @@ static void mp_handler(int sig, siginfo_t *si, void *ctx) {
  * and forget them, so that the child writes freely and nothing waits for a
  * collector that is not there. */
 static void atfork_child(void) {
-    int i;
+    int i, fd = maps_fd, any = 0;
+    /* the inherited descriptor describes the parent's VMAs: the child's own */
+    maps_fd = -1;
+    fd_lock = 0;
+    if (fd_is_ours(fd))
+        close(fd);
+    for (i = 0; i < PAGESCAN_MP_MAX_RANGES; i++)
+        any |= ranges[i].active;
+    if (any && procmap == CHECK_WORKS)
+        open_maps();
     for (i = 0; i < PAGESCAN_MP_MAX_RANGES; i++) {
         struct mp_range *r = &ranges[i];
-        if (r->active)
+        if (r->active && check_span(r, r->start, r->end, 0) == 0)
             mprotect((void *)(uintptr_t)r->start, r->end - r->start, PROT_READ | PROT_WRITE);
         if (r->state)
             munmap(r->state, r->map_len);
@@ -670,14 +904,17 @@ int pagescan_mp_install(void) {
 
 static int do_register(uint64_t start, uint64_t end, uint64_t *handle) {
     struct mp_range *r = NULL;
-    size_t npages, map_len;
+    size_t npages, map_len, seg_off, nsegs = 0;
     uint8_t *state;
+    struct mp_seg *segs = NULL;
+    long counted;
     int i, rc = 0;
     init_page_size();
     if (start % page_size || end % page_size || start >= end)
         return -EINVAL;
     npages = (end - start) >> page_shift;
-    map_len = (npages + page_size - 1) & ~(page_size - 1);
+    seg_off = (npages + 7) & ~(size_t)7;
+    ensure_maps();
     spin_lock(&table_lock);
     for (i = 0; i < PAGESCAN_MP_MAX_RANGES; i++) {
         struct mp_range *x = &ranges[i];
@@ -696,6 +933,16 @@ static int do_register(uint64_t start, uint64_t end, uint64_t *handle) {
         rc = -ENOSPC;
         goto out;
     }
+    /* the identity of the range's VMAs, checked before every protection change
+     * (none recorded where PROCMAP_QUERY is missing: the range is unchecked) */
+    counted = build_segs(start, end, NULL, 0);
+    if (counted == -ENOMEM) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (counted > 0)
+        nsegs = (size_t)counted;
+    map_len = (seg_off + nsegs * sizeof(struct mp_seg) + page_size - 1) & ~(page_size - 1);
     state = mmap(NULL, map_len, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (state == MAP_FAILED) {
@@ -708,12 +955,22 @@ static int do_register(uint64_t start, uint64_t end, uint64_t *handle) {
         munmap(state, map_len);
         goto out;
     }
+    if (nsegs) {
+        segs = (struct mp_seg *)(void *)(state + seg_off);
+        if (build_segs(start, end, segs, nsegs) != (long)nsegs) {
+            rc = -EAGAIN;               /* the mappings changed while registering */
+            munmap(state, map_len);
+            goto out;
+        }
+    }
     memset(state, DIRTY, npages);
     ADD(&r->seq, 1);                    /* odd: fields being written */
     STORE(&r->retired, 0);
     STORE(&r->start, start);
     STORE(&r->end, end);
     r->state = state;
+    r->segs = segs;
+    r->nsegs = nsegs;
     r->npages = npages;
     r->map_len = map_len;
     memset(&r->st, 0, sizeof(r->st));
@@ -737,8 +994,12 @@ static int do_unregister(uint64_t handle) {
     }
     /* writable first, while faults are still handled: no write can fault
      * after the range stops being tracked, except one already on its way
-     * (it finds the range retired and is retried once) */
-    if (mprotect((void *)(uintptr_t)r->start, r->end - r->start, PROT_READ | PROT_WRITE) < 0) {
+     * (it finds the range retired and is retried once). Memory that is no
+     * longer the tracked mapping is left as it is. */
+    if (check_span(r, r->start, r->end, 0) < 0) {
+        rc = -ENXIO;
+    } else if (mprotect((void *)(uintptr_t)r->start, r->end - r->start,
+                        PROT_READ | PROT_WRITE) < 0) {
         /* unmapped under the tracker (nothing left to do), or the map count:
          * give access back run by run (each change merges mappings) */
         size_t i = 0, a;
@@ -761,6 +1022,8 @@ static int do_unregister(uint64_t handle) {
     ADD(&r->seq, 1);
     munmap(r->state, r->map_len);
     r->state = NULL;
+    r->segs = NULL;
+    r->nsegs = 0;
     r->npages = 0;
     ADD(&r->seq, 1);
     spin_unlock(&table_lock);
@@ -839,6 +1102,8 @@ static int64_t do_arm(uint64_t handle, uint64_t start, uint64_t end) {
         return -ESTALE;
     if ((rc = sub_range(r, start, end, &first, &n)) < 0)
         return rc;
+    if ((rc = check_span(r, start, end, 0)) < 0)
+        return rc;
     before = window(r, first, first + n);
     for (i = first; i < first + n; i++) {
         uint8_t s = DIRTY;
@@ -872,6 +1137,10 @@ int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t 
     if (r == NULL)
         return -ESTALE;
     if ((rc = sub_range(r, start, end, &first, &n)) < 0)
+        return rc;
+    /* a scan is an error where the range is no longer the tracked mapping,
+     * with or without a reset (which changes the protection of pages in it) */
+    if ((rc = check_span(r, start, end, 0)) < 0)
         return rc;
     for (i = 0; i < n; i++)
         out[i] = LOAD_RELAXED(&r->state[first + i]) == CLEAN
@@ -947,6 +1216,8 @@ static int do_mark_written(uint64_t handle, uint64_t start, uint64_t end) {
     if (r == NULL)
         return -ESTALE;
     if ((rc = sub_range(r, start, end, &first, &n)) < 0)
+        return rc;
+    if ((rc = check_span(r, start, end, 0)) < 0)
         return rc;
     spin_lock(&coarsen_lock);
     before = window(r, first, first + n);

@@ -1,6 +1,6 @@
 /* The mprotect backend's C side: a SIGSEGV handler and its table of tracked ranges.
  *
- * Compiled into pagescan._core (src/pagescan/_mprotect.c); the Python-facing
+ * Compiled into pagescan._core (pagescan/_mprotect.c); the Python-facing
  * wrappers are in _mprotect.pxi, the backend in backends/mprotect.py, whose
  * docstring describes the design. Every function returns 0 (or a count) on
  * success and -errno on failure; none of them raises or touches Python objects,
@@ -54,7 +54,8 @@ int pagescan_mp_unregister(uint64_t handle);
 
 /* Reset (arm) [start, end), a part of the range: every DIRTY page goes back to
  * PROT_READ and CLEAN. Returns how many pages could not be re-protected (left
- * DIRTY: reported as written again) or -errno. */
+ * DIRTY: reported as written again) or -errno (-ENXIO: no longer the tracked
+ * mapping, see pagescan_mp_checks). */
 int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end);
 
 /* Per-page categories of [start, end) into out[]: WPALLOWED for every page,
@@ -87,6 +88,20 @@ int pagescan_mp_overlapping(uint64_t start, uint64_t end);
  * what the rest of the process uses, minus a headroom). Past it, a write that
  * would split a mapping coarsens instead, before mprotect() fails. */
 void pagescan_mp_set_budget(int64_t budget);
+
+/* Whether the range's mappings are checked before every protection change
+ * (PROCMAP_QUERY, Linux 6.11): register records the identity of the range's
+ * VMAs, and every call that changes protections (arm, scan, mark_written,
+ * unregister, the fault handler) first checks that the
+ * VMAs still have it and a protection the tracker sets (readable, not
+ * executable). Where they do not (unmapped, replaced, made PROT_NONE or
+ * PROT_EXEC), the call returns -ENXIO and changes nothing; the handler passes
+ * the fault on. 0: this kernel cannot tell (the caller checks
+ * /proc/self/maps itself). */
+int pagescan_mp_checks(void);
+/* Test hook: 0 makes pagescan_mp_checks() false and ranges registered from
+ * then on unchecked, as on a kernel without PROCMAP_QUERY. */
+void pagescan_mp_set_checks(int on);
 
 /* Test hook: the next `count` mprotect() calls made by the fault handler fail
  * with ENOMEM, as when vm.max_map_count is reached. */

@@ -31,3 +31,5 @@ cdef extern from "_mprotect.h" nogil:
     int pagescan_mp_overlapping(uint64_t start, uint64_t end)
     void pagescan_mp_inject_enomem(int count)
     void pagescan_mp_set_budget(int64_t budget)
+    int pagescan_mp_checks()
+    void pagescan_mp_set_checks(int on)

@@ -13,7 +13,7 @@ from pagescan._mprotect cimport (
     pagescan_mp_register, pagescan_mp_unregister, pagescan_mp_arm, pagescan_mp_snapshot,
     pagescan_mp_reset_regions, pagescan_mp_mark_written, pagescan_mp_get_stats,
     pagescan_mp_live, pagescan_mp_touch, pagescan_mp_overlapping, pagescan_mp_inject_enomem,
-    pagescan_mp_set_budget)
+    pagescan_mp_set_budget, pagescan_mp_checks, pagescan_mp_set_checks)
 
 #: capacity of the mprotect backend's range table (trackers alive at once)
 MP_MAX_RANGES = PAGESCAN_MP_MAX_RANGES
@@ -157,3 +157,19 @@ def mp_inject_enomem(int count):
     """Test hook: the fault handler's next ``count`` mprotect() calls fail with
     ENOMEM, as when vm.max_map_count is reached."""
     pagescan_mp_inject_enomem(count)
+
+
+def mp_checks():
+    """Whether the trap checks, before every protection change, that a range is
+    still the mapping it registered (PROCMAP_QUERY, Linux 6.11); ``OSError(ENXIO)``
+    from arm/scan/mark_written/unregister where it is not."""
+    cdef int r
+    with nogil:
+        r = pagescan_mp_checks()
+    return r == 1
+
+
+def mp_set_checks(bint on):
+    """Test hook: False makes :func:`mp_checks` false and ranges registered from
+    then on unchecked, as on a kernel without PROCMAP_QUERY."""
+    pagescan_mp_set_checks(on)

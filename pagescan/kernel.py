@@ -120,7 +120,8 @@ class WriteTrap(abc.ABC):
     A range is named by a handle; a stale handle gets ``OSError(ESTALE)``. Every
     call raises OSError with the errno of the failing step: EINVAL (bad or
     unaligned range), EEXIST (overlaps a trapped range), ENOSPC (table full),
-    ENOMEM (not entirely mapped; mprotect past the map count).
+    ENOMEM (not entirely mapped; mprotect past the map count), ENXIO (no longer
+    the mapping it registered, see :meth:`checks_mappings`).
     """
 
     #: how many ranges can be trapped at once (by all trackers of the process)
@@ -195,6 +196,24 @@ class WriteTrap(abc.ABC):
     def inject_enomem(self, count: int) -> None:
         """Test hook: the handler's next ``count`` mprotect() calls fail with
         ENOMEM, as when vm.max_map_count is reached."""
+
+    def checks_mappings(self) -> bool:
+        """Whether the trap itself makes sure that it changes the protection of its
+        own mappings only. Then ``register`` records the identity of the range's
+        VMAs (no file, or device, inode and file offset; shared or private), and
+        ``arm``, ``scan``, ``mark_written`` and ``unregister`` first check that
+        every VMA of their span still has it and a protection the trap sets
+        (readable, not executable): where one does not (unmapped, replaced by
+        another mapping, made PROT_NONE or PROT_EXEC) they raise
+        ``OSError(ENXIO)`` and change nothing (``unregister`` forgets the range),
+        and the handler passes a fault there on instead of unprotecting the page.
+        On Linux this is PROCMAP_QUERY (6.11+). False: nothing is checked, the
+        caller must compare ``/proc/PID/maps`` itself."""
+        return False
+
+    def set_mapping_checks(self, on: bool) -> None:  # noqa: B027 - optional test hook
+        """Test hook: ``False`` makes :meth:`checks_mappings` false and ranges
+        registered from then on unchecked, as on a kernel without the means."""
 
 
 class Kernel(abc.ABC):
@@ -460,6 +479,12 @@ class LinuxWriteTrap(WriteTrap):
 
     def inject_enomem(self, count: int) -> None:
         self._c.mp_inject_enomem(count)
+
+    def checks_mappings(self) -> bool:
+        return bool(self._c.mp_checks())
+
+    def set_mapping_checks(self, on: bool) -> None:
+        self._c.mp_set_checks(bool(on))
 
 
 _LINUX_TRAP: list[LinuxWriteTrap] = []

@@ -29,6 +29,7 @@ from conftest import require, scaled
 import pagescan
 from pagescan import Category, Masks
 from pagescan.backends.mprotect import MapCountWarning, MprotectBackend
+from pagescan.constants import MAP_FIXED, MAP_FIXED_NOREPLACE, PROT_EXEC, PROT_READ, PROT_WRITE
 from pagescan.errors import KernelError, OverlapError, RangeError, TrackerClosed
 from pagescan.testing import BackendConformance, RealHarness
 
@@ -38,6 +39,16 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("mprotect_ok")]
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+
+
+def _mmap_fixed_noreplace(addr: int, length: int, prot: int = 3,
+                          flags: int = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) -> int:
+    """Map anonymous memory at ``addr`` unless something is there; the address or -1."""
+    got = _libc.mmap(addr, length, prot, flags | MAP_FIXED_NOREPLACE, -1, 0)
+    return -1 if got is None or got == ctypes.c_void_p(-1).value else got
 
 
 @pytest.fixture
@@ -313,13 +324,20 @@ def test_unmapped_memory_is_refused(buf):
     hole = mmap.mmap(-1, 3 * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     addr = pagescan.Memory.address.fget(hole)  # type: ignore[attr-defined]
     assert _libc.munmap(addr + PS, PS) == 0
-    with pytest.raises(RangeError, match="not entirely mapped"):
-        track(addr, 3 * PS)
-    # the C side refuses it too (mincore), here below vm.mmap_min_addr: never mapped
-    with pytest.raises(OSError) as info:
-        h = core().mp_register(PS, 3 * PS)
-        core().mp_unregister(h)
-    assert info.value.errno == errno.ENOMEM
+    try:
+        with pytest.raises(RangeError, match="not entirely mapped"):
+            track(addr, 3 * PS)
+        # the C side refuses it too (mincore), here below vm.mmap_min_addr: never mapped
+        with pytest.raises(OSError) as info:
+            h = core().mp_register(PS, 3 * PS)
+            core().mp_unregister(h)
+        assert info.value.errno == errno.ENOMEM
+    finally:
+        # fill the hole again at once: closing ``hole`` unmaps all three pages, and
+        # whatever took the free page in between (the range table's state of a
+        # later tracker) would be unmapped under its owner
+        if _mmap_fixed_noreplace(addr + PS, PS) == addr + PS:
+            hole.close()
 
 
 def test_overlap_is_refused_by_the_table_too(buf):
@@ -392,18 +410,197 @@ def test_range_unmapped_while_tracked_raises():
     m[PS] = 1
     assert _libc.munmap(addr, 4 * PS) == 0
     try:
-        with pytest.raises(RangeError, match="no longer mapped"):
+        with pytest.raises(RangeError, match="no longer"):
             t.collect()
     finally:
         t.close()                                # harmless: nothing left to unprotect
     # map the hole again so that closing ``m`` unmaps nothing else
-    _libc.mmap.restype = ctypes.c_void_p
-    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                           ctypes.c_int, ctypes.c_long]
-    MAP_FIXED_NOREPLACE = 0x100000
-    if _libc.mmap(addr, 4 * PS, 3, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                  | MAP_FIXED_NOREPLACE, -1, 0) == addr:
+    if _mmap_fixed_noreplace(addr, 4 * PS) == addr:
         m.close()
+
+
+# --------------------------------------- a mapping replaced at the tracked address
+# (issue 12 item 13): the tracker changes the protection of its own mapping only
+
+
+class _Replaced:
+    """8 pages tracked by mprotect, page 1 written; then the mapping is unmapped and
+    another mapped at the same address (``replace``). Cleans up after itself: the
+    other mapping is unmapped and the hole filled again for ``mem`` to close."""
+
+    def __init__(self) -> None:
+        self.mem = mmap.mmap(-1, 8 * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.addr = pagescan.Memory.address.fget(self.mem)  # type: ignore[attr-defined]
+        self.end = self.addr + 8 * PS
+        self.tracker = track(self.addr, 8 * PS)
+        self.mem[PS] = 1                             # DIRTY: a collect re-protects it
+        self.files: list = []
+
+    def replace(self, prot: int, fd: int = -1, offset: int = 0, unmap: bool = True) -> None:
+        if unmap:
+            assert _libc.munmap(self.addr, 8 * PS) == 0
+        flags = (mmap.MAP_PRIVATE | (mmap.MAP_ANONYMOUS if fd < 0 else 0) | MAP_FIXED)
+        assert _libc.mmap(self.addr, 8 * PS, prot, flags, fd, offset) == self.addr
+
+    def file(self, tmp_path, name: str, pages: int = 16) -> int:
+        f = open(tmp_path / name, "w+b")
+        f.truncate(pages * PS)
+        self.files.append(f)
+        return f.fileno()
+
+    def close(self) -> None:
+        try:
+            self.tracker.close()
+        finally:
+            _libc.munmap(self.addr, 8 * PS)
+            if _mmap_fixed_noreplace(self.addr, 8 * PS) == self.addr:
+                self.mem.close()
+            for f in self.files:
+                f.close()
+
+
+@pytest.fixture
+def replaced():
+    r = _Replaced()
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("call", ["reset", "collect", "written", "mark_written"])
+def test_a_mapping_replaced_by_an_executable_one_is_left_alone(replaced, call):
+    """munmap + mmap(PROT_READ|PROT_EXEC) at the tracked address: every call raises
+    RangeError and the new mapping keeps its r-x (a reset would make it r--, a
+    collect the written page r--, mark_written rw-)."""
+    r = replaced
+    r.replace(PROT_READ | PROT_EXEC)
+    do = {"reset": r.tracker.reset, "collect": r.tracker.collect,
+          "written": r.tracker.written,
+          "mark_written": lambda: r.tracker._backend.mark_written(r.addr, r.end)}[call]
+    with pytest.raises(RangeError, match="no longer the tracked mapping: it was unmapped "
+                                         "or replaced"):
+        do()
+    assert perms(r.addr, r.end) == {"r-x"}
+    r.tracker.close()                                # forgets it, leaves it alone
+    assert perms(r.addr, r.end) == {"r-x"}
+
+
+def test_mmap_fixed_replacing_the_tracked_range_is_seen_too(replaced):
+    replaced.replace(PROT_READ | PROT_EXEC, unmap=False)     # MAP_FIXED replaces in one call
+    with pytest.raises(RangeError, match="no longer the tracked mapping"):
+        replaced.tracker.collect()
+    assert perms(replaced.addr, replaced.end) == {"r-x"}
+
+
+def test_a_mapping_replaced_by_a_file_mapping_is_left_alone(replaced, tmp_path):
+    """A read-write private file mapping has a protection the tracker sets, but it is
+    another mapping (a file, not anonymous memory): RangeError, still rw-."""
+    r = replaced
+    r.replace(PROT_READ | PROT_WRITE, r.file(tmp_path, "a"))
+    for call in (r.tracker.reset, r.tracker.collect, r.tracker.written):
+        with pytest.raises(RangeError, match="no longer the tracked mapping"):
+            call()
+        assert perms(r.addr, r.end) == {"rw-"}
+
+
+def test_a_tracked_file_mapping_replaced_by_another_file_or_offset(tmp_path):
+    """A tracked private file mapping is that file at that offset: another file, or
+    the same file at another offset, is another mapping."""
+    with open(tmp_path / "a", "w+b") as fa, open(tmp_path / "b", "w+b") as fb:
+        for f in (fa, fb):
+            f.truncate(16 * PS)
+        m = mmap.mmap(fa.fileno(), 8 * PS, flags=mmap.MAP_PRIVATE)
+        addr = pagescan.Memory.address.fget(m)  # type: ignore[attr-defined]
+        try:
+            for fd, offset, ours in ((fb.fileno(), 0, False), (fa.fileno(), 4 * PS, False),
+                                     (fa.fileno(), 0, True)):
+                # the tracked mapping: file a at offset 0
+                assert _libc.mmap(addr, 8 * PS, PROT_READ | PROT_WRITE,
+                                  mmap.MAP_PRIVATE | MAP_FIXED, fa.fileno(), 0) == addr
+                t = track(addr, 8 * PS)
+                m[PS] = 1
+                assert _libc.mmap(addr, 8 * PS, PROT_READ | PROT_WRITE,
+                                  mmap.MAP_PRIVATE | MAP_FIXED, fd, offset) == addr
+                if ours:
+                    # the same file at the same offset: the same mapping as far as
+                    # the kernel tells (documented limit); tracking goes on
+                    t.reset()
+                    assert perms(addr, addr + 8 * PS) == {"r--"}
+                else:
+                    with pytest.raises(RangeError, match="no longer the tracked mapping"):
+                        t.reset()
+                    assert perms(addr, addr + 8 * PS) == {"rw-"}
+                t.close()
+                assert perms(addr, addr + 8 * PS) == {"rw-"}
+        finally:
+            m.close()
+
+
+def test_a_new_anonymous_rw_mapping_is_indistinguishable(replaced):
+    """The limit: anonymous private memory at the same place with a protection the
+    tracker sets looks like the tracked mapping (no anon_vma in PROCMAP_QUERY or
+    /proc/PID/maps). The tracker goes on tracking it; it is anonymous read-write
+    memory of this process, as the tracked mapping was."""
+    replaced.replace(PROT_READ | PROT_WRITE)
+    replaced.tracker.reset()
+    assert perms(replaced.addr, replaced.end) == {"r--"}
+
+
+def test_the_check_costs_no_maps_read_where_procmap_query_works():
+    p = pagescan.probe("mprotect")
+    require(core().mp_checks(), "this kernel has no PROCMAP_QUERY (Linux 6.11+)")
+    mem = pagescan.allocate(4 * PS)
+    with track(mem) as t:
+        assert t._backend._trap_checks
+        t._backend.kernel.maps = None            # reset/collect must not read the maps
+        t._backend.reset(t.start, t.end)
+        assert len(t.collect().regions) == 0
+    close(mem)
+    assert p.ok
+
+
+def test_without_procmap_query_reset_compares_the_maps(replaced):
+    """A kernel without PROCMAP_QUERY (before 6.11, the test hook): the trap checks
+    nothing, and reset() compares /proc/self/maps with the range at register."""
+    r = replaced
+    r.tracker.close()
+    core().mp_set_checks(False)
+    try:
+        r.tracker = track(r.addr, 8 * PS)
+        assert not r.tracker._backend._trap_checks
+        r.mem[PS] = 1
+        r.replace(PROT_READ | PROT_EXEC)
+        with pytest.raises(RangeError, match=r"no longer the tracked mapping.*r-xp"):
+            r.tracker.reset()
+        assert perms(r.addr, r.end) == {"r-x"}
+    finally:
+        core().mp_set_checks(True)
+
+
+def test_a_write_to_a_replacing_mapping_is_not_made_writable():
+    """The handler: a store to the new (r-x) mapping at a tracked address faults
+    with SEGV_ACCERR in a tracked range. It is passed on (here: the default action,
+    the end of the process), never unprotected: without pagescan it would end the
+    process too."""
+    code = """
+        import ctypes, mmap, sys
+        import pagescan
+        PS = pagescan.PAGE_SIZE
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        mem = pagescan.allocate(8 * PS)
+        t = pagescan.track(mem, backend="mprotect")
+        got = libc.mmap(mem.address, 8 * PS, 5, 0x22 | 0x10, -1, 0)   # r-x, MAP_FIXED
+        assert got == mem.address, got
+        print("replaced", flush=True)
+        ctypes.memset(mem.address + PS, 1, 1)
+        print("written: the r-x mapping was made writable", flush=True)
+    """
+    proc = run_python(code)
+    assert "replaced" in proc.stdout, proc.stderr
+    assert "written" not in proc.stdout
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stderr)
 
 
 def test_writers_keep_running_while_trackers_come_and_go():

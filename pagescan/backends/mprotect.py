@@ -143,6 +143,58 @@ class MapCountWarning(UserWarning):
     backend reports some pages as written that were not (coarsening)."""
 
 
+#: a part of a tracked range and what it is: (start, end, dev, inode, base, shared);
+#: the file offset of address x is x + base (0 for memory without a file)
+_Part = tuple[int, int, str, int, int, bool]
+
+_NOT_OURS = ("is no longer the tracked mapping: it was unmapped or replaced since "
+             "tracking started")
+
+
+def _has_file(m: Mapping) -> bool:
+    return m.inode != 0 or m.dev.strip("0:") != ""
+
+
+def _identity(maps: list[Mapping], start: int, end: int) -> list[_Part]:
+    """What ``[start, end)`` is, part by part (the mappings in ``/proc/PID/maps``)."""
+    parts: list[_Part] = []
+    for m in maps:
+        s, e = max(m.start, start), min(m.end, end)
+        if s >= e:
+            continue
+        part = (s, e, m.dev, m.inode, m.offset - m.start if _has_file(m) else 0, m.shared)
+        if parts and parts[-1][1] == s and parts[-1][2:] == part[2:]:
+            parts[-1] = (parts[-1][0], e, *part[2:])
+        else:
+            parts.append(part)
+    return parts
+
+
+def _foreign(maps: list[Mapping], identity: list[_Part], start: int, end: int) -> str | None:
+    """What in ``[start, end)`` is no longer the tracked mapping (None: nothing):
+    a hole, another mapping (device, inode, file offset, shared), or a protection
+    the tracker never sets (not readable, executable). The same rules as the
+    trap's own check (``_mprotect.c``, PROCMAP_QUERY), for kernels without it."""
+    at = start
+    for m in maps:
+        if m.end <= at:
+            continue
+        if m.start >= end:
+            break
+        if m.start > at:
+            return f"nothing is mapped at 0x{at:x}"
+        if not m.readable or m.executable:
+            return f"0x{m.start:x}-0x{m.end:x} is {m.perms}"
+        base = m.offset - m.start if _has_file(m) else 0
+        for s, e, dev, inode, b, shared in identity:
+            if s < min(m.end, end) and max(m.start, start) < e and (
+                    (dev, inode, shared) != (m.dev, m.inode, m.shared)
+                    or ((inode or dev.strip("0:")) and b != base)):
+                return f"0x{m.start:x}-0x{m.end:x} is {m.perms} {m.dev} {m.inode} {m.label}"
+        at = m.end
+    return None if at >= end else f"nothing is mapped at 0x{at:x}"
+
+
 def _headroom(limit: int) -> int:
     """Mappings left to the rest of the process (malloc, thread stacks, Python's
     arenas) when the tracking has used its share of vm.max_map_count."""
@@ -223,6 +275,9 @@ class MprotectBackend(Backend):
         self._handle: int | None = None
         self._lock = threading.Lock()
         self._warned = False
+        #: what the range was at register (for kernels where the trap cannot check)
+        self._identity: list[_Part] | None = None
+        self._trap_checks = False
         try:
             if not self.kernel.is_self:
                 raise ValueError("the mprotect backend tracks only the calling process's "
@@ -307,6 +362,7 @@ class MprotectBackend(Backend):
             if at < end:
                 raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped")
             self._prepare(maps, start, end)
+            self._identity = _identity(maps, start, end)
         with _table_lock:
             limit = self.kernel.max_map_count()
             if limit is not None and total is not None:
@@ -316,12 +372,14 @@ class MprotectBackend(Backend):
                 trap.set_budget(max(0, limit - others - _headroom(limit)))
             try:
                 trap.install()
+                checks = trap.checks_mappings()
                 handle = trap.register(start, end)
             except OSError as err:
                 raise self._error(err, start, end) from err
         self._handle = handle
+        self._trap_checks = checks
         try:
-            self.reset(start, end)
+            self._reset(start, end, verify=False)
         except BaseException:
             self.unregister(start, end)
             raise
@@ -339,8 +397,9 @@ class MprotectBackend(Backend):
                     self._trap.unregister(handle)
                 except OSError as err:
                     # ENOMEM: unmapped under the tracker (nothing left to protect);
-                    # ESTALE: already gone
-                    if err.errno not in (errno.ENOMEM, errno.ESTALE):
+                    # ENXIO: no longer the tracked mapping (left alone); ESTALE:
+                    # already gone
+                    if err.errno not in (errno.ENOMEM, errno.ENXIO, errno.ESTALE):
                         raise KernelError(err.errno, err.strerror) from err
 
     # -- tracking -----------------------------------------------------------
@@ -363,10 +422,15 @@ class MprotectBackend(Backend):
         return self._handle
 
     def reset(self, start: int, end: int) -> None:
+        self._reset(start, end, verify=True)
+
+    def _reset(self, start: int, end: int, *, verify: bool) -> None:
         self._inherited()
         with self._lock:
             handle = self._live()
             self._reinstall()
+            if verify and not self._trap_checks:
+                self._verify(start, end)
             try:
                 left = self._trap.arm(handle, start, end)
             except OSError as err:
@@ -428,12 +492,30 @@ class MprotectBackend(Backend):
             raise KernelError(err.errno or errno.EINVAL,
                               f"cannot re-install the SIGSEGV handler: {err.strerror}") from err
 
+    def _verify(self, start: int, end: int) -> None:
+        """Where the trap cannot check its mappings itself (a kernel without
+        PROCMAP_QUERY, before 6.11): compare ``/proc/PID/maps`` with what the range
+        was at register, before a reset changes protections. It costs a read of
+        the whole maps file (~1.5 ms in a small process), so only ``reset`` does
+        it: ``collect``/``written`` and the fault handler do not check there."""
+        if self._identity is None:
+            return
+        maps = self._mappings(start, end)
+        if maps is None:
+            return
+        what = _foreign(maps, self._identity, start, end)
+        if what is not None:
+            raise RangeError(f"[0x{start:x}, 0x{end:x}) {_NOT_OURS} ({what})")
+
     # -- errors -------------------------------------------------------------
 
     def _check_error(self, handle: int) -> None:
         st = self._trap.stats(handle)
         if st["error"]:
             err = int(st["error"])
+            if err == errno.ENXIO:
+                raise RangeError(f"a write to the tracked page at 0x{st['error_addr']:x} "
+                                 f"could not be handled: the range around it {_NOT_OURS}")
             what = (f"the process ran out of memory mappings ({self._map_count_text()}) and "
                     "even unprotecting the whole range failed" if err == errno.ENOMEM
                     else os.strerror(err))
@@ -476,6 +558,9 @@ class MprotectBackend(Backend):
             return TrackerClosed("the mprotect backend no longer tracks this range")
         if e == errno.EINVAL:
             return RangeError(f"[0x{start:x}, 0x{end:x}): {err.strerror}")
+        if e == errno.ENXIO:
+            return RangeError(f"[0x{start:x}, 0x{end:x}) {_NOT_OURS} (or made PROT_NONE or "
+                              "PROT_EXEC): its protection is left alone")
         if e == errno.ENOMEM:
             maps = self._mappings(start, end)
             if maps is not None and sum(min(m.end, end) - max(m.start, start) for m in maps) \

@@ -19,7 +19,16 @@ So the mprotect backend's blind spots appear as they do for real:
   with EFAULT;
 * ``madvise(MADV_DONTNEED)`` drops contents without a store: not seen;
 * the program's own ``mprotect(PROT_READ|PROT_WRITE)`` on a clean page makes its
-  later stores invisible; a store to a page it made PROT_NONE is let through.
+  later stores invisible.
+
+And its check that a range is still the mapping it registered (PROCMAP_QUERY in
+the C code) is taken through the model's VMAs: ``register`` records what each
+part of the range is (no file, or which file at which offset; shared or
+private), and before every change of protection the VMAs of the span must still
+be that, with a protection the trap sets (readable, not executable); otherwise
+the call raises ``OSError(ENXIO)`` and changes nothing, and the handler passes
+the fault on. ``SimWriteTrap.procmap_query = False`` models a kernel without
+PROCMAP_QUERY (nothing checked; the backend reads the maps at reset instead).
 
 The model is single-threaded and deterministic: the transient states (UNPROT,
 COLLECTING, COARSE) are entered and left within one call, never observed by
@@ -39,7 +48,7 @@ import numpy as np
 from .._impl import impl
 from .._types import Category, Masks, ScanResult
 from ..kernel import WriteTrap
-from .constants import B_KIND, K_TABLE, P_DATA, PAGE_SIZE, PROT_READ, PROT_WRITE
+from .constants import B_KIND, K_TABLE, P_DATA, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE
 
 __all__ = ["DEFAULT_MAX_MAP_COUNT", "MAX_RANGES", "SimWriteTrap", "kernel_write", "populate_write",
            "protection_fault", "touch", "write_trap"]
@@ -64,14 +73,27 @@ def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{what}: {errno.errorcode.get(code, code)}")
 
 
+#: what a VMA is, as PROCMAP_QUERY tells it: (file or 0, file page minus VMA page
+#: or 0, shared); anonymous private memory is (0, 0, False) wherever it is
+_Identity = tuple[int, int, bool]
+
+
+def _identity(v: Any) -> _Identity:
+    if v.file is None:
+        return (0, 0, bool(v.shared))
+    return (int(v.file.id), int(v.pgoff - v.start), bool(v.shared))
+
+
 class _Range:
-    __slots__ = ("cookie", "end", "npages", "slot", "st", "start", "state")
+    __slots__ = ("cookie", "end", "ident", "npages", "slot", "st", "start", "state")
 
     def __init__(self, start: int, end: int, page_size: int, cookie: int, slot: int) -> None:
         self.start, self.end, self.cookie, self.slot = start, end, cookie, slot
         self.npages = (end - start) // page_size
         self.state = np.full(self.npages, DIRTY, dtype=np.uint8)
         self.st = dict.fromkeys(_STAT_KEYS, 0)
+        #: (start, end, identity) of each part at register; None: unchecked
+        self.ident: list[tuple[int, int, _Identity]] | None = None
 
     @property
     def handle(self) -> int:
@@ -96,6 +118,10 @@ class SimWriteTrap(WriteTrap):
         self._totals = dict.fromkeys(_STAT_KEYS, 0)
         self._budget = _INT64_MAX
         self._inject = 0
+        #: whether the modelled kernel has PROCMAP_QUERY (Linux 6.11): the trap
+        #: checks its mappings (False: as before 6.11, nothing is checked)
+        self.procmap_query = True
+        self._checks_off = False
         #: what the C handler writes to stderr when a fault cannot be handled
         self.messages: list[str] = []
 
@@ -155,6 +181,50 @@ class SimWriteTrap(WriteTrap):
             return errno.ENOMEM
         return self._mprotect(addr, length, prot)
 
+    # -- is it still the tracked mapping? (PROCMAP_QUERY in the C code) ---------------
+
+    def checks_mappings(self) -> bool:
+        return self.procmap_query and not self._checks_off
+
+    def set_mapping_checks(self, on: bool) -> None:
+        self._checks_off = not on
+
+    def _parts(self, proc: Any, start: int, end: int) -> list[tuple[int, int, _Identity]] | None:
+        """The identity of [start, end), VMA by VMA, merged where it is the same;
+        None where it is not all mapped."""
+        a, b = proc._index(start), proc._index(end)
+        parts: list[tuple[int, int, _Identity]] = []
+        at = a
+        for v in proc._vmas_in(a, b):
+            if v.start > at:
+                return None
+            s, e, ident = proc._addr(max(v.start, a)), proc._addr(min(v.end, b)), _identity(v)
+            if parts and parts[-1][1] == s and parts[-1][2] == ident:
+                parts[-1] = (parts[-1][0], e, ident)
+            else:
+                parts.append((s, e, ident))
+            at = v.end
+        return parts if at >= b else None
+
+    def _ours(self, r: _Range, start: int, end: int, proc: Any = None) -> bool:
+        """check_span(): whether [start, end) of r is still the tracked mapping (True
+        when it cannot be told): every VMA there readable, not executable, with the
+        identity recorded at register; no hole."""
+        if r.ident is None or not self.checks_mappings():
+            return True
+        proc = self.proc if proc is None else proc
+        a, b = proc._index(start), proc._index(end)
+        at = a
+        for v in proc._vmas_in(a, b):
+            if v.start > at or not v.prot & PROT_READ or v.prot & PROT_EXEC:
+                return False
+            vs, ve, ident = proc._addr(max(v.start, a)), proc._addr(min(v.end, b)), _identity(v)
+            for s, e, want in r.ident:
+                if s < ve and vs < e and want != ident:
+                    return False
+            at = v.end
+        return at >= b
+
     # -- the mapping estimate: boundaries between read-only and writable pages ------
 
     @staticmethod
@@ -213,6 +283,8 @@ class SimWriteTrap(WriteTrap):
             return False                    # not ours, or not SEGV_ACCERR
         page = addr & ~(self.page_size - 1)
         i = (page - r.start) >> self._shift
+        if not self._ours(r, page, page + self.page_size):
+            return False                    # replaced, or PROT_NONE/PROT_EXEC: passed on
         # single-threaded: no other owner, the page is CLEAN or DIRTY
         r.state[i] = UNPROT
         delta = self._delta_writable(r, i, i + 1, i)
@@ -257,6 +329,8 @@ class SimWriteTrap(WriteTrap):
         delta = self._delta_writable(r, a, b, p)
         if self._over_budget(delta):
             return errno.ENOMEM
+        if not self._ours(r, self._addr(r, a), self._addr(r, b)):
+            return errno.ENXIO
         span[2] += self._claim_coarse(r, a, b, p)
         span[0], span[1] = min(span[0], a), max(span[1], b)
         err = self._handler_mprotect(self._addr(r, a), (b - a) << self._shift,
@@ -329,14 +403,19 @@ class SimWriteTrap(WriteTrap):
         if not _mapped(self.proc, start, end):        # mincore()
             raise _err(errno.ENOMEM, "mprotect tracker: register")
         r = _Range(start, end, ps, self._next_cookie, free)
+        if self.checks_mappings():
+            r.ident = self._parts(self.proc, start, end)
         self._next_cookie += 1
         self._ranges[free] = r
         return r.handle
 
     def unregister(self, handle: int) -> None:
         r = self._lookup(handle)
-        rc = self._mprotect(r.start, r.end - r.start, PROT_READ | PROT_WRITE)
-        if rc:
+        if not self._ours(r, r.start, r.end):
+            rc = errno.ENXIO                # left as it is
+        else:
+            rc = self._mprotect(r.start, r.end - r.start, PROT_READ | PROT_WRITE)
+        if rc and rc != errno.ENXIO:
             # unmapped under the tracker, or the map count: run by run
             i = 0
             while i < r.npages:
@@ -400,6 +479,8 @@ class SimWriteTrap(WriteTrap):
     def arm(self, handle: int, start: int, end: int) -> int:
         r = self._lookup(handle)
         first, n = self._sub(r, start, end)
+        if not self._ours(r, start, end):
+            raise _err(errno.ENXIO, "mprotect")
         seg = r.state[first:first + n]
         before = self._window(r, first, first + n)
         seg[seg == DIRTY] = COLLECTING
@@ -427,6 +508,8 @@ class SimWriteTrap(WriteTrap):
                                    max_pages, max_regions), 0
         r = self._lookup(handle)
         first, n = self._sub(r, start, end)
+        if not self._ours(r, start, end):
+            raise _err(errno.ENXIO, "mprotect tracker: scan")
         snap = self._snapshot(r, first, n)
         result = impl.scan_pages(snap, start, self.page_size, masks, max_pages, max_regions)
         left = 0
@@ -465,6 +548,8 @@ class SimWriteTrap(WriteTrap):
     def mark_written(self, handle: int, start: int, end: int) -> None:
         r = self._lookup(handle)
         first, n = self._sub(r, start, end)
+        if not self._ours(r, start, end):
+            raise _err(errno.ENXIO, "mprotect")
         before = self._window(r, first, first + n)
         self._claim_coarse(r, first, first + n, -1)
         rc = self._mprotect(start, end - start, PROT_READ | PROT_WRITE)
@@ -486,7 +571,7 @@ class SimWriteTrap(WriteTrap):
         trapped range, and nothing trapped (the child's handler has an empty table,
         which passes every fault on: the same as no handler)."""
         for r in self._ranges:
-            if r is not None:
+            if r is not None and self._ours(r, r.start, r.end, child):
                 try:
                     child.mprotect(r.start, r.end - r.start, PROT_READ | PROT_WRITE)
                 except OSError:
