@@ -67,8 +67,9 @@ def check_page_size(page_size: Any) -> int:
     return ps
 
 
-def check_range(start: Any, npages: int, page_size: int) -> int:
-    """Check ``start`` and that the range fits in 64 bits; return ``end``.
+def check_range(start: Any, npages: int, page_size: int) -> tuple[int, int]:
+    """Check ``start`` and that the range fits in 64 bits; return ``(start, end)``
+    as ints (use that ``start``, not the object passed).
 
     ``end`` itself must be a u64 (``<= 2**64 - 1``): a region is three u64, so a
     region ending at 2**64 could not be represented.
@@ -80,7 +81,26 @@ def check_range(start: Any, npages: int, page_size: int) -> int:
     end = s + npages * page_size
     if end > U64_MAX:
         raise ValueError(f"start + {npages} pages of {page_size} bytes overflows 64 bits")
-    return end
+    return s, end
+
+
+def check_u64(value: Any, name: str) -> int:
+    """An int (or an object with ``__index__``; not a bool, float or str) in
+    ``[0, 2**64 - 1]``, as an exact int."""
+    v = check_int(value, name)
+    assert v is not None
+    return v
+
+
+def check_region(region: Any, where: str) -> tuple[int, int, int]:
+    """One region ``(start, end, categories)`` as three u64 ints (TypeError or
+    ValueError naming ``where`` otherwise). RegionArray(), append() and coalesce()
+    of both implementations go through it, so they accept and refuse the same."""
+    t = region if isinstance(region, tuple) else tuple(region)
+    if len(t) != 3:
+        raise ValueError(f"{where} must be (start, end, categories); got {len(t)} items")
+    return (check_u64(t[0], f"{where} start"), check_u64(t[1], f"{where} end"),
+            check_u64(t[2], f"{where} categories"))
 
 
 def check_limits(max_pages: Any, max_regions: Any) -> tuple[int, int]:

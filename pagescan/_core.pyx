@@ -18,6 +18,9 @@ from pagescan cimport _kernel as kernel
 import array as _array
 import operator
 
+from pagescan._args import check_region, check_u64
+from pagescan._types import _CATEGORY_CACHE, as_category, category_repr
+
 from pagescan._args import (check_int, check_limits, check_page_size, check_range,
                             check_uint_buffer)
 from pagescan._types import PageRegion, ScanResult, coerce_masks
@@ -45,6 +48,83 @@ cdef uint64_t PM_SWAP = kernel.PM_SWAP
 cdef uint64_t PM_PRESENT = kernel.PM_PRESENT
 
 
+# ------------------------------------------------------------ integer arguments
+
+cdef extern from "Python.h":
+    # called without Cython's error checks: fast_u64 looks at the error itself
+    unsigned long long _as_ull "PyLong_AsUnsignedLongLong"(object) noexcept
+    void* _err_occurred "PyErr_Occurred"() noexcept
+    void _err_clear "PyErr_Clear"() noexcept
+    bint _is_int "PyLong_Check"(object) noexcept
+    bint _is_bool "PyBool_Check"(object) noexcept
+
+
+cdef inline bint fast_u64(object v, uint64_t* out) noexcept:
+    """An int (not a bool) in [0, 2**64): its value in ``*out``, True. For an
+    int subclass (Category) that is the int's own value, as ``operator.index``
+    gives. Anything else (floats included, which Cython's own conversion would
+    truncate): False, and the caller asks the shared check in ``_args`` for the
+    value or the error, so both implementations accept and refuse the same."""
+    cdef unsigned long long r
+    if not _is_int(v) or _is_bool(v):
+        return False
+    r = _as_ull(v)
+    if r == <unsigned long long>-1 and _err_occurred() != NULL:
+        _err_clear()
+        return False
+    out[0] = r
+    return True
+
+
+cdef inline bint fast_region(object r, uint64_t* out) noexcept:
+    """A tuple (PageRegion included) of three u64 ints into out[0..2]."""
+    cdef tuple t
+    if not isinstance(r, tuple):
+        return False
+    t = <tuple>r
+    return (len(t) == 3 and fast_u64(t[0], out) and fast_u64(t[1], out + 1)
+            and fast_u64(t[2], out + 2))
+
+
+cdef inline uint64_t u64_arg(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+    """An argument as a u64: TypeError/ValueError naming it (as ``_args.check_u64``)."""
+    cdef uint64_t r
+    if fast_u64(v, &r):
+        return r
+    return check_u64(v, name)
+
+
+cdef list _CATS = _CATEGORY_CACHE
+cdef object _tuple_new = tuple.__new__
+
+
+cdef inline object page_region(uint64_t s, uint64_t e, uint64_t c):
+    """PageRegion(s, e, Category(c)); the Category from the shared cache."""
+    cdef object cat = None
+    if c <= 0x1FF:
+        cat = _CATS[c]
+    if cat is None:
+        cat = as_category(c)
+    return _tuple_new(PageRegion, (s, e, cat))
+
+
+def _regionarray_from_array(data):
+    """Unpickle: a RegionArray of the u64 triples in ``data`` (an ``array('Q')``)."""
+    if (not isinstance(data, _array.array) or data.typecode not in ("Q", "L")
+            or data.itemsize != 8 or len(data) % 3):
+        raise ValueError("RegionArray pickle data must be an array('Q') of triples")
+    cdef RegionArray out = RegionArray()
+    cdef Py_ssize_t n = len(data) // 3
+    cdef Py_buffer view
+    if n:
+        out.reserve(n)
+        PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+        memcpy(out.data, view.buf, <size_t>n * 24)
+        PyBuffer_Release(&view)
+        out.n = n
+    return out
+
+
 # ----------------------------------------------------------------- RegionArray
 
 
@@ -69,9 +149,13 @@ cdef class RegionArray:
         self.exports = 0
 
     def __init__(self, regions=()):
+        cdef uint64_t v[3]
+        cdef Py_ssize_t i = 0
         for r in regions:
-            start, end, cats = r
-            self.append(start, end, cats)
+            if not fast_region(r, v):
+                v[0], v[1], v[2] = check_region(r, f"regions[{i}]")
+            self.push(v[0], v[1], v[2])
+            i += 1
 
     def __dealloc__(self):
         free(self.data)
@@ -90,12 +174,29 @@ cdef class RegionArray:
             raise MemoryError()
         return 0
 
-    cpdef append(self, uint64_t start, uint64_t end, uint64_t categories):
+    cdef int push(self, uint64_t start, uint64_t end, uint64_t categories) except -1:
         self.reserve(self.n + 1)
         self.data[3 * self.n] = start
         self.data[3 * self.n + 1] = end
         self.data[3 * self.n + 2] = categories
         self.n += 1
+        return 0
+
+    def append(self, start, end, categories):
+        """Add one region at the end (ints in ``[0, 2**64)``; TypeError/ValueError
+        naming the argument otherwise, as the reference)."""
+        cdef uint64_t s, e, c
+        if not (fast_u64(start, &s) and fast_u64(end, &e) and fast_u64(categories, &c)):
+            s = check_u64(start, "start")
+            e = check_u64(end, "end")
+            c = check_u64(categories, "categories")
+        self.push(s, e, c)
+
+    def __reduce__(self):
+        data = _array.array("Q")
+        if self.n:
+            data.frombytes((<char*>self.data)[:self.n * 24])
+        return (_regionarray_from_array, (data,))
 
     def __len__(self):
         return self.n
@@ -105,7 +206,7 @@ cdef class RegionArray:
         if isinstance(i, slice):
             out = RegionArray()
             for j in range(*i.indices(self.n)):
-                out.append(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
+                out.push(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
             return out
         i = operator.index(i)
         if i < 0:
@@ -113,12 +214,12 @@ cdef class RegionArray:
         if i < 0 or i >= self.n:
             raise IndexError("RegionArray index out of range")
         j = i
-        return PageRegion(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
+        return page_region(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
 
     def __iter__(self):
         cdef Py_ssize_t j
         for j in range(self.n):
-            yield PageRegion(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
+            yield page_region(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
 
     def __eq__(self, other):
         cdef RegionArray o
@@ -132,7 +233,7 @@ cdef class RegionArray:
             return NotImplemented
 
     def __repr__(self):
-        inner = ", ".join(f"(0x{s:x}, 0x{e:x}, {c!r})" for s, e, c in list(self[:4]))
+        inner = ", ".join(f"(0x{s:x}, 0x{e:x}, {category_repr(c)})" for s, e, c in list(self[:4]))
         more = ", ..." if self.n > 4 else ""
         return f"RegionArray([{inner}{more}], len={self.n})"
 
@@ -353,7 +454,7 @@ def scan_pages(categories, start=0, page_size=4096, masks=None, max_pages=0,
     """
     mv = check_uint_buffer(categories, "categories")
     ps_ = check_page_size(page_size)
-    end_ = check_range(start, len(mv), ps_)
+    start_, end_ = check_range(start, len(mv), ps_)   # start_: the int, not the object
     m = coerce_masks(masks)
     mp, mr = check_limits(max_pages, max_regions)
     cdef RegionArray out = RegionArray()
@@ -366,7 +467,7 @@ def scan_pages(categories, start=0, page_size=4096, masks=None, max_pages=0,
     f.ret = m.return_mask
     f.max_pages = mp
     f.max_regions = mr
-    cdef uint64_t s = start, ps = ps_
+    cdef uint64_t s = start_, ps = ps_
     cdef uint64_t walk_end = <uint64_t>(end_ & 0xFFFFFFFFFFFFFFFF)
     cdef Py_buffer view
     cdef Py_ssize_t n = len(mv)
@@ -485,12 +586,17 @@ def coalesce(*parts):
     for a run that resumed calls split in two."""
     cdef RegionArray out = RegionArray(), p
     cdef uint64_t tmp[3]
+    cdef Py_ssize_t k = 0, i
     for part in parts:
         if isinstance(part, RegionArray):
             p = part
             coalesce_into(out, p.data, p.n)
         else:
+            i = 0
             for r in part:
-                tmp[0], tmp[1], tmp[2] = r
+                if not fast_region(r, tmp):
+                    tmp[0], tmp[1], tmp[2] = check_region(r, f"parts[{k}][{i}]")
                 coalesce_into(out, tmp, 1)
+                i += 1
+        k += 1
     return out

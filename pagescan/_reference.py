@@ -15,8 +15,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
-from ._args import check_int, check_limits, check_page_size, check_range, check_uint_buffer
-from ._types import HOLE, Category, PageRegion, ScanResult, coerce_masks
+from ._args import (check_int, check_limits, check_page_size, check_range, check_region,
+                    check_u64, check_uint_buffer)
+from ._types import (HOLE, Category, PageRegion, ScanResult, as_category, category_repr,
+                     coerce_masks)
 from .constants import (PM_FILE, PM_GUARD_REGION, PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
                         PM_UFFD_WP)
 
@@ -37,12 +39,20 @@ class RegionArray:
 
     def __init__(self, regions: Iterable[Iterable[int]] = ()) -> None:
         self._data = array.array("Q")
-        for r in regions:
-            start, end, cats = r
-            self._append(start, end, cats)
+        for i, r in enumerate(regions):
+            self._data.extend(check_region(r, f"regions[{i}]"))
 
     def _append(self, start: int, end: int, categories: int) -> None:
-        self._data.extend((start, end, categories))
+        self._data.extend((start, end, categories))      # values known to be u64
+
+    def append(self, start: int, end: int, categories: int) -> None:
+        """Add one region at the end (ints in ``[0, 2**64)``; TypeError/ValueError
+        naming the argument otherwise)."""
+        self._data.extend((check_u64(start, "start"), check_u64(end, "end"),
+                           check_u64(categories, "categories")))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_regionarray_from_array, (array.array("Q", self._data),))
 
     # sequence protocol
     def __len__(self) -> int:
@@ -66,12 +76,12 @@ class RegionArray:
         if not 0 <= i < n:
             raise IndexError("RegionArray index out of range")
         d = self._data
-        return PageRegion(d[3 * i], d[3 * i + 1], d[3 * i + 2])
+        return PageRegion(d[3 * i], d[3 * i + 1], as_category(d[3 * i + 2]))
 
     def __iter__(self) -> Iterator[PageRegion]:
         d = self._data
         for i in range(0, len(d), 3):
-            yield PageRegion(d[i], d[i + 1], d[i + 2])
+            yield PageRegion(d[i], d[i + 1], as_category(d[i + 2]))
 
     def __eq__(self, other: object) -> bool:
         try:
@@ -80,7 +90,7 @@ class RegionArray:
             return NotImplemented
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"(0x{s:x}, 0x{e:x}, {c!r})" for s, e, c in list(self)[:4])
+        inner = ", ".join(f"(0x{s:x}, 0x{e:x}, {category_repr(c)})" for s, e, c in list(self)[:4])
         more = ", ..." if len(self) > 4 else ""
         return f"RegionArray([{inner}{more}], len={len(self)})"
 
@@ -110,8 +120,12 @@ class RegionArray:
 
     def memoryview(self) -> builtins.memoryview:
         """A read-only ``(n, 3)`` uint64 memoryview of the regions, no copy."""
-        mv = memoryview(self._data).toreadonly()
-        return mv.cast("B").cast("Q", (len(self), 3)) if len(self) else mv
+        if not len(self):
+            # memoryview.cast() refuses a shape with a 0 in it: an empty (0, 3) view
+            # is the first 0 rows of a (1, 3) one (numpy >= 2.5 takes this buffer's
+            # shape, and a (0,) view made np.asarray() one-dimensional)
+            return memoryview(_ONE_ROW).toreadonly().cast("B").cast("Q", (1, 3))[:0]
+        return memoryview(self._data).toreadonly().cast("B").cast("Q", (len(self), 3))
 
     def __buffer__(self, flags: int) -> builtins.memoryview:  # Python 3.12+
         return self.memoryview()
@@ -121,6 +135,19 @@ class RegionArray:
         addr, _ = self._data.buffer_info()
         return {"shape": (len(self), 3), "typestr": "<u8", "data": (addr, True),
                 "version": 3}
+
+
+_ONE_ROW = array.array("Q", (0, 0, 0))
+
+
+def _regionarray_from_array(data: array.array) -> RegionArray:
+    """Unpickle: a RegionArray of the u64 triples in ``data``."""
+    if not isinstance(data, array.array) or data.typecode not in ("Q", "L") \
+            or data.itemsize != 8 or len(data) % 3:
+        raise ValueError("RegionArray pickle data must be an array('Q') of triples")
+    out = RegionArray()
+    out._data.extend(data)
+    return out
 
 
 # --------------------------------------------------------------------------- scan
@@ -136,10 +163,9 @@ def scan_pages(categories: Any, start: int = 0, page_size: int = 4096, masks: An
     """
     mv = check_uint_buffer(categories, "categories")
     ps = check_page_size(page_size)
-    end = check_range(start, len(mv), ps)
+    start, end = check_range(start, len(mv), ps)
     m = coerce_masks(masks)
     max_pages, max_regions = check_limits(max_pages, max_regions)
-    start = int(start)
     out = RegionArray()
     is64 = mv.itemsize == 8
     if m.matches_nothing:
@@ -244,9 +270,9 @@ def coalesce(*parts: Iterable[Iterable[int]]) -> RegionArray:
     for a run that resumed calls split in two."""
     out = RegionArray()
     d = out._data
-    for part in parts:
-        for r in part:
-            s, e, c = r
+    for k, part in enumerate(parts):
+        for i, r in enumerate(part):
+            s, e, c = check_region(r, f"parts[{k}][{i}]")
             if len(d) and d[-2] == s and d[-1] == c:
                 d[-2] = e
             else:

@@ -736,13 +736,15 @@ def test_compiled_regionarray_no_growth_while_viewed(core):
     assert len(ra) == 202 and ra[-1] == (201 * PS, 202 * PS, 0)
 
 
-def test_compiled_append_checks_values(core):
-    ra = core.RegionArray()
-    with pytest.raises(OverflowError):
+def test_append_checks_values(impl):
+    ra = impl.RegionArray()
+    with pytest.raises(ValueError, match="start must be >= 0"):
         ra.append(-1, 0, 0)
-    with pytest.raises(OverflowError):
+    with pytest.raises(ValueError, match="end must be <= "):
         ra.append(0, 1 << 64, 0)
     assert len(ra) == 0
+    ra.append(0, PS, W)
+    assert ra == [(0, PS, W)]
 
 
 def test_regionarray_iteration(impl, sample):
@@ -846,7 +848,7 @@ def test_regionarray_constructor(impl):
     assert len(ra) == 3 and ra[1] == (PS, 2 * PS, P)
     with pytest.raises((TypeError, ValueError)):
         impl.RegionArray([(0, PS)])
-    with pytest.raises(OverflowError):
+    with pytest.raises(ValueError, match=r"regions\[0\] start must be >= 0"):
         impl.RegionArray([(-1, 0, 0)])
 
 
@@ -1115,7 +1117,7 @@ def test_coalesce_bad_parts(impl):
         impl.coalesce(5)
     with pytest.raises((TypeError, ValueError)):
         impl.coalesce([(0, PS)])
-    with pytest.raises(OverflowError):
+    with pytest.raises(ValueError, match=r"parts\[0\]\[0\] start must be >= 0"):
         impl.coalesce([(-1, PS, 0)])
 
 
@@ -1299,3 +1301,223 @@ def test_public_api_reexports():
     for name in ("RegionArray", "scan_pages", "pagemap_to_categories", "coalesce"):
         assert getattr(pagescan, name) is getattr(
             _core if pagescan.IMPLEMENTATION == "cython" else _reference, name)
+
+
+# ------------------------------------------- integer arguments (issue 12, item 16)
+
+
+class _OddInt(int):
+    """An int whose __index__ and __int__ disagree with its own value."""
+
+    def __index__(self):
+        return 0
+
+    def __int__(self):
+        return 0
+
+
+# (id, value, expected exception or None, the value accepted)
+INT_ARG_CASES = [
+    ("float", 4096.7, TypeError, None),
+    ("float-whole", 4096.0, TypeError, None),
+    ("np-float64", np.float64(4096.0), TypeError, None),
+    ("str", "4096", TypeError, None),
+    ("none", None, TypeError, None),
+    ("bool", True, TypeError, None),
+    ("np-bool", np.bool_(True), TypeError, None),
+    ("negative", -4096, ValueError, None),
+    ("2**64", 1 << 64, ValueError, None),
+    ("2**64-1", U64_MAX, None, U64_MAX),
+    ("np-uint64", np.uint64(U64_MAX), None, U64_MAX),
+    ("np-int32", np.int32(4096), None, 4096),
+    ("np-uint8", np.uint8(3), None, 3),
+    ("category", Category.WRITTEN | Category.PRESENT, None, W | P),
+    ("int-subclass", _OddInt(8192), None, 8192),   # its own value, not __index__/__int__
+]
+
+# where a value goes: (id, callable(impl, v) -> RegionArray, name in the message)
+REGION_VALUE_SITES = [
+    ("init-start", lambda m, v: m.RegionArray([(0, 0, 0), (v, PS, W)]), "regions[1] start"),
+    ("init-end", lambda m, v: m.RegionArray([(0, v, W)]), "regions[0] end"),
+    ("init-categories", lambda m, v: m.RegionArray([PageRegion(0, PS, v)]),
+     "regions[0] categories"),
+    ("init-list", lambda m, v: m.RegionArray([[0, PS, v]]), "regions[0] categories"),
+    ("append-start", lambda m, v: _appended(m, v, PS, W), "start"),
+    ("append-end", lambda m, v: _appended(m, 0, v, W), "end"),
+    ("append-categories", lambda m, v: _appended(m, 0, PS, v), "categories"),
+    ("coalesce-start", lambda m, v: m.coalesce([], [(0, 0, 0), (v, PS, W)]),
+     "parts[1][1] start"),
+    ("coalesce-categories", lambda m, v: m.coalesce(iter([(0, PS, v)])),
+     "parts[0][0] categories"),
+]
+
+
+def _appended(m, *values):
+    ra = m.RegionArray()
+    ra.append(*values)
+    return ra
+
+
+@pytest.mark.parametrize("case", INT_ARG_CASES, ids=[c[0] for c in INT_ARG_CASES])
+@pytest.mark.parametrize("site", REGION_VALUE_SITES, ids=[s[0] for s in REGION_VALUE_SITES])
+def test_region_values_are_checked(impl, site, case):
+    """Floats were truncated by the compiled core (RegionArray([(4096.7, 8192.2, 2.9)])
+    gave (4096, 8192, 2)); bools, negatives and values past 2**64 - 1 got through or
+    raised a bare OverflowError. Both implementations: TypeError/ValueError naming
+    the field, and the int's own value for what is accepted."""
+    _sid, call, where = site
+    _cid, value, exc, accepted = case
+    if exc is not None:
+        with pytest.raises(exc) as info:
+            call(impl, value)
+        assert str(info.value).startswith(where + " must "), str(info.value)
+        return
+    ra = call(impl, value)
+    got = [tuple(r) for r in ra]
+    assert accepted in got[-1]
+    assert all(type(x) is int or type(x) is Category for r in got for x in r)
+
+
+@pytest.mark.parametrize("case", [c for c in INT_ARG_CASES if c[2] is not None],
+                         ids=[c[0] for c in INT_ARG_CASES if c[2] is not None])
+@pytest.mark.parametrize("site", REGION_VALUE_SITES, ids=[s[0] for s in REGION_VALUE_SITES])
+def test_region_values_same_error_in_both(core, site, case):
+    errs = []
+    for m in (core, _reference):
+        with pytest.raises(Exception) as info:
+            site[1](m, case[1])
+        errs.append((type(info.value), str(info.value)))
+    assert errs[0] == errs[1]
+
+
+def test_region_float_example_from_issue(impl):
+    with pytest.raises(TypeError, match=r"regions\[0\] start must be an int, not float"):
+        impl.RegionArray([(4096.7, 8192.2, 2.9)])
+    with pytest.raises(TypeError, match="start must be an int, not float"):
+        impl.RegionArray().append(1.5, 2.5, 0)
+    with pytest.raises(TypeError, match=r"parts\[0\]\[0\] end must be an int, not float"):
+        impl.coalesce([(4096, 8192.2, 2)])
+
+
+def test_region_shape_errors(impl):
+    with pytest.raises(ValueError, match=r"regions\[0\] must be \(start, end, categories\)"):
+        impl.RegionArray([(0, PS)])
+    with pytest.raises(ValueError, match=r"regions\[0\] must be"):
+        impl.RegionArray([(0, PS, W, 0)])
+    with pytest.raises(TypeError):
+        impl.RegionArray([5])
+    with pytest.raises(TypeError):
+        impl.RegionArray().append(0, PS)
+
+
+def test_region_check_stops_at_the_bad_one(impl):
+    ra = impl.RegionArray([(0, PS, W)])
+    with pytest.raises(TypeError):
+        ra.append(PS, 2 * PS, 1.0)
+    assert ra == [(0, PS, W)]          # nothing half-added
+
+
+SCAN_INT_ARGS = [
+    # (keyword, value, expected regions, expected walk_end)
+    ("start", _OddInt(2 * PS), [(2 * PS, 4 * PS, W)], 4 * PS),
+    ("page_size", _OddInt(2 * PS), [(0, 4 * PS, W)], 4 * PS),
+    ("max_pages", _OddInt(1), [(0, PS, W)], PS),
+    ("max_regions", _OddInt(1), [(0, 2 * PS, W)], 2 * PS),
+    ("start", np.uint64(2 * PS), [(2 * PS, 4 * PS, W)], 4 * PS),
+    ("start", Category.WRITTEN * PS, [(2 * PS, 4 * PS, W)], 4 * PS),
+]
+
+
+@pytest.mark.parametrize("kw,value,want,walk_end", SCAN_INT_ARGS,
+                         ids=[f"{a[0]}-{type(a[1]).__name__}" for a in SCAN_INT_ARGS])
+def test_scan_pages_int_arguments_use_their_value(impl, kw, value, want, walk_end):
+    """scan_pages checked start.__index__() but the compiled core converted the
+    object: an int subclass whose __index__ disagrees gave a region [0x2000, 0x4000)
+    with walk_end 0x2000 (ending before it starts). Each argument is converted
+    once (operator.index: an int's own value) and that value is used."""
+    res = impl.scan_pages(array.array("B", [W, W]), **{kw: value})
+    assert regions(res) == want
+    assert res.walk_end == walk_end and type(res.walk_end) is int
+    for s, e, _c in res.regions:
+        assert s < e <= res.walk_end
+
+
+# ------------------------------------------------- pickling (issue 12, item 18)
+
+
+@pytest.mark.parametrize("proto", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_regionarray_pickle(impl, sample, proto):
+    for ra in (sample, impl.RegionArray(), impl.RegionArray([(0, U64_MAX, U64_MAX)])):
+        ra2 = pickle.loads(pickle.dumps(ra, proto))
+        assert type(ra2) is impl.RegionArray
+        assert ra2 == ra and len(ra2) == len(ra)
+        a = np.asarray(ra2)                 # the unpickled copy's own memory, viewable
+        assert a.shape == (len(ra), 3) and a.dtype == np.uint64
+        assert a.tolist() == [list(r) for r in ra]
+        if len(ra):
+            assert not np.shares_memory(a, np.asarray(ra))
+
+
+@pytest.mark.parametrize("proto", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_scanresult_pickle(impl, proto):
+    res = scan(impl, [W, W, P, 0, W], max_regions=2)
+    res2 = pickle.loads(pickle.dumps(res, proto))
+    assert type(res2) is ScanResult and type(res2.regions) is impl.RegionArray
+    assert res2 == res and regions(res2) == regions(res) and res2.walk_end == pg(3)
+    res2.regions.append(pg(9), pg(10), W)     # a copy, and it grows
+    assert len(res2.regions) == 3 and len(res.regions) == 2
+
+
+def test_regionarray_copy(impl, sample):
+    import copy
+    for ra in (copy.copy(sample), copy.deepcopy(sample)):
+        assert type(ra) is impl.RegionArray and ra == sample
+        ra.append(pg(9), pg(10), 0)
+        assert len(ra) == 4 and len(sample) == 3
+    res = scan(impl, [W])
+    assert copy.deepcopy(res) == res
+
+
+def test_regionarray_unpickle_refuses_bad_data(impl):
+    ctor, (data,) = impl.RegionArray([(0, PS, W)]).__reduce__()
+    assert ctor(data) == [(0, PS, W)]
+    for bad in (array.array("Q", [1, 2]), array.array("I", [1, 2, 3]), b"x" * 24, [1, 2, 3]):
+        with pytest.raises(ValueError, match="pickle data"):
+            ctor(bad)
+
+
+# ---------------------------------- PageRegion.categories is a Category (item 18)
+
+
+def test_regions_carry_category(impl, sample):
+    for r in [*sample, sample[0], sample[-1], *sample[1:]]:
+        assert type(r) is PageRegion
+        assert type(r.categories) is Category
+    assert sample[0].categories is Category.WRITTEN
+    assert sample[2].categories == Category.WRITTEN | Category.PRESENT == W | P
+    assert sample.tolist()[1].categories is Category.PRESENT
+    # a region with no category, and user-built ones with bits outside 0x1FF keep them
+    ra = impl.RegionArray([(0, PS, 0), (PS, 2 * PS, HOLE | W), (0, PS, U64_MAX)])
+    cats = [r.categories for r in ra]
+    assert all(type(c) is Category for c in cats)
+    assert [int(c) for c in cats] == [0, HOLE | W, U64_MAX]
+    assert "Category.WRITTEN" in repr(sample) and "Category.PRESENT" in repr(sample)
+
+
+def test_scan_regions_never_carry_hole(impl):
+    # HOLE pages never match, so no region has bit 63 and every category is one of
+    # the 512 known values, whatever the masks
+    cats = array.array("Q", [HOLE | W, W, HOLE, HOLE | 0x1FF, 0x1FF, HOLE])
+    for masks in (None, Masks(excluded=W), Masks(return_mask=0x1FF)):
+        for r in scan(impl, cats, masks=masks).regions:
+            assert type(r.categories) is Category and 0 <= r.categories <= 0x1FF
+
+
+def test_regionarray_memoryview_empty(impl):
+    """The reference's memoryview of an empty RegionArray was 1-D (0,): numpy 2.5
+    takes that buffer's shape, so np.asarray() of an empty result was (0,)."""
+    mv = impl.RegionArray().memoryview()
+    assert mv.shape == (0, 3) and mv.ndim == 2 and mv.nbytes == 0 and mv.readonly
+    assert mv.format in ("Q", "L") and mv.itemsize == 8
+    assert np.asarray(mv).shape == (0, 3)
+    assert np.asarray(impl.RegionArray([(0, PS, W)])[1:]).shape == (0, 3)
