@@ -9,7 +9,7 @@ kept equal by the hypothesis tests. Arguments are checked by the shared
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE
 
@@ -23,7 +23,8 @@ from pagescan._types import _CATEGORY_CACHE, as_category, category_repr
 
 from pagescan._args import (check_int, check_limits, check_page_size, check_range,
                             check_uint_buffer)
-from pagescan._types import PageRegion, ScanResult, coerce_masks
+from pagescan._out import check_region_out
+from pagescan._types import Masks, PageRegion, ScanCount, ScanResult, coerce_masks
 
 include "_kernel.pxi"
 include "_mprotect.pxi"
@@ -148,7 +149,17 @@ cdef class RegionArray:
         self.cap = 0
         self.exports = 0
 
-    def __init__(self, regions=()):
+    def __init__(self, regions=(), *, capacity=0):
+        cdef Py_ssize_t cap = check_int(capacity, "capacity", maximum=PY_SSIZE_T_MAX // 24)
+        cdef uint64_t* p
+        if cap > self.cap:              # exactly ``capacity``: it bounds scans into it
+            if self.exports:
+                raise BufferError("RegionArray cannot grow while a buffer view of it exists")
+            p = <uint64_t*>realloc(self.data, <size_t>cap * 24)
+            if p == NULL:
+                raise MemoryError()
+            self.data = p
+            self.cap = cap
         cdef uint64_t v[3]
         cdef Py_ssize_t i = 0
         for r in regions:
@@ -156,6 +167,21 @@ cdef class RegionArray:
                 v[0], v[1], v[2] = check_region(r, f"regions[{i}]")
             self.push(v[0], v[1], v[2])
             i += 1
+
+    @classmethod
+    def empty(cls, capacity):
+        """An empty RegionArray with room for ``capacity`` regions: a result buffer
+        to pass as ``out=`` to the scans and reuse across calls (like the kernel's
+        ``vec``). Its memory is touched once here, so reuse does not page-fault."""
+        cdef RegionArray ra = cls(capacity=capacity)
+        if ra.cap:
+            memset(ra.data, 0, <size_t>ra.cap * 24)
+        return ra
+
+    @property
+    def capacity(self):
+        """How many regions fit without growing (the bound on a scan into it)."""
+        return self.cap
 
     def __dealloc__(self):
         free(self.data)
@@ -445,56 +471,224 @@ cdef int scan_run(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,
     return 0
 
 
+cdef object _DEFAULT_MASKS = Masks()
+
+# The filter of the last Masks object scanned with (Masks is immutable): repeated
+# calls with the same masks skip five attribute reads.
+cdef object _last_masks = None
+cdef uint64_t _lm_inverted, _lm_mask, _lm_anyof, _lm_ret
+cdef bint _lm_nothing
+
+
+cdef extern from *:
+    """
+    /* A tuple subclass (a NamedTuple: ScanResult, ScanCount) of two items, made as
+       tuple.__new__ makes it, without the Python-level __new__ call. */
+    static PyObject* pagescan_pair(PyObject* type, PyObject* a, PyObject* b) {
+        PyTypeObject* t = (PyTypeObject*)type;
+        PyObject* r = t->tp_alloc(t, 2);
+        if (r == NULL)
+            return NULL;
+        Py_INCREF(a);
+        PyTuple_SET_ITEM(r, 0, a);
+        Py_INCREF(b);
+        PyTuple_SET_ITEM(r, 1, b);
+        return r;
+    }
+    """
+    object pagescan_pair(object type, object a, object b)
+    int _get_buffer "PyObject_GetBuffer"(object, Py_buffer*, int) noexcept
+    int PyBUF_RECORDS_RO
+
+
+cdef inline bint fast_categories(object obj, Py_buffer* view) noexcept:
+    """The buffer of a 1-D, contiguous, native unsigned 8/16/32/64-bit ``obj`` in
+    ``*view`` (held: True). Anything else (or any doubt): False, nothing held, and
+    the caller asks ``_args.check_uint_buffer`` for the value or the error."""
+    cdef const char* f
+    cdef Py_ssize_t isz
+    if _get_buffer(obj, view, PyBUF_RECORDS_RO) < 0:
+        _err_clear()
+        return False
+    isz = view.itemsize
+    f = view.format
+    if f != NULL:
+        if f[0] == b'@' or f[0] == b'=' or f[0] == b'<':
+            f += 1
+        if f[0] == 0 or f[1] != 0 or (f[0] != b'B' and f[0] != b'H' and f[0] != b'I'
+                                      and f[0] != b'L' and f[0] != b'Q' and f[0] != b'N'):
+            PyBuffer_Release(view)
+            return False
+    if (view.ndim != 1 or not (isz == 1 or isz == 2 or isz == 4 or isz == 8)
+            or (view.shape[0] > 1 and view.strides[0] != isz)):
+        PyBuffer_Release(view)
+        return False
+    return True
+
+
+cdef class _OutBuf:
+    """The destination of a scan: a RegionArray's memory or a writable (n, 3) u64
+    buffer held for the duration of the call."""
+    cdef uint64_t* data
+    cdef Py_ssize_t cap
+    cdef RegionArray ra
+    cdef Py_buffer view
+    cdef bint held
+
+    cdef int acquire(self, out) except -1:
+        if isinstance(out, RegionArray):
+            self.ra = <RegionArray>out
+            self.data = self.ra.data
+            self.cap = self.ra.cap
+            return 0
+        mv = check_region_out(out)
+        PyObject_GetBuffer(mv, &self.view, PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE)
+        self.held = True
+        self.data = <uint64_t*>self.view.buf
+        self.cap = mv.shape[0]
+        return 0
+
+    cdef void set_count(self, Py_ssize_t k) noexcept:
+        if self.ra is not None:
+            self.ra.n = k
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+
+
+cdef int run_scan(Py_buffer* view, Py_ssize_t isz, Py_ssize_t n, uint64_t s, uint64_t ps,
+                  const Filter* f, uint64_t** data, Py_ssize_t* nreg, Py_ssize_t* cap,
+                  uint64_t* walk_end) noexcept nogil:
+    if isz == 8:
+        return scan_run(<const uint64_t*>view.buf, n, s, ps, f, data, nreg, cap, walk_end)
+    elif isz == 4:
+        return scan_run(<const uint32_t*>view.buf, n, s, ps, f, data, nreg, cap, walk_end)
+    elif isz == 2:
+        return scan_run(<const uint16_t*>view.buf, n, s, ps, f, data, nreg, cap, walk_end)
+    return scan_run(<const uint8_t*>view.buf, n, s, ps, f, data, nreg, cap, walk_end)
+
+
 def scan_pages(categories, start=0, page_size=4096, masks=None, max_pages=0,
-               max_regions=None):
+               max_regions=None, out=None):
     """Filter and merge per-page categories into regions, as PAGEMAP_SCAN does.
 
     ``categories[i]`` belongs to the page at ``start + i * page_size``. Returns
     ``ScanResult(regions, walk_end)``. See KERNEL-SPEC.md §3-4.
+
+    With ``out`` (a ``RegionArray.empty(capacity)`` or a writable ``(n, 3)``
+    uint64 buffer), the regions are written into it instead, nothing is
+    allocated, its capacity bounds the answer as ``max_regions`` does, and the
+    result is ``ScanCount(nregions, walk_end)``: the regions are ``out[:nregions]``
+    (a RegionArray ``out`` gets that length).
     """
-    mv = check_uint_buffer(categories, "categories")
-    ps_ = check_page_size(page_size)
-    start_, end_ = check_range(start, len(mv), ps_)   # start_: the int, not the object
-    m = coerce_masks(masks)
-    mp, mr = check_limits(max_pages, max_regions)
-    cdef RegionArray out = RegionArray()
-    if m.matches_nothing:
-        return ScanResult(out, end_)
-    cdef Filter f
-    f.inverted = m.inverted
-    f.mask = m.mask
-    f.anyof = m.anyof
-    f.ret = m.return_mask
-    f.max_pages = mp
-    f.max_regions = mr
-    cdef uint64_t s = start_, ps = ps_
-    cdef uint64_t walk_end = <uint64_t>(end_ & 0xFFFFFFFFFFFFFFFF)
+    global _last_masks, _lm_inverted, _lm_mask, _lm_anyof, _lm_ret, _lm_nothing
     cdef Py_buffer view
-    cdef Py_ssize_t n = len(mv)
+    cdef Py_ssize_t n, isz
+    cdef uint64_t s = 0, ps = 0, mp = 0, mr_u = 0, end
+    cdef int64_t mr = -1
+    cdef bint fast = fast_categories(categories, &view)
+    # the common case decided in C; anything unusual takes the shared checks below,
+    # all of them in their order, so the errors are the same
+    if fast:
+        n = view.shape[0]
+        isz = view.itemsize
+        if not (fast_u64(page_size, &ps) and 0 < ps <= (<uint64_t>1 << 40)
+                and (ps & (ps - 1)) == 0 and fast_u64(start, &s) and s % ps == 0
+                and <uint64_t>n <= (0xFFFFFFFFFFFFFFFF - s) // ps
+                and fast_u64(max_pages, &mp)
+                and (max_regions is None or (fast_u64(max_regions, &mr_u)
+                                             and mr_u <= 0x7FFFFFFFFFFFFFFF))
+                and (masks is None or type(masks) is Masks)):
+            PyBuffer_Release(&view)
+            fast = False
+        elif max_regions is not None:
+            mr = <int64_t>mr_u
+    if not fast:
+        mv = check_uint_buffer(categories, "categories")
+        ps_ = check_page_size(page_size)
+        start_, end_ = check_range(start, len(mv), ps_)   # start_: the int, not the object
+        coerce_masks(masks)
+        mp_, mr_ = check_limits(max_pages, max_regions)
+        PyObject_GetBuffer(mv, &view, PyBUF_ANY_CONTIGUOUS)
+        n = len(mv)
+        isz = mv.itemsize
+        s = start_
+        ps = ps_
+        mp = mp_
+        mr = mr_
+    end = s + <uint64_t>n * ps
+    if masks is None:
+        masks = _DEFAULT_MASKS
+    if masks is not _last_masks:
+        _lm_inverted = masks.inverted
+        _lm_mask = masks.mask
+        _lm_anyof = masks.anyof
+        _lm_ret = masks.return_mask
+        _lm_nothing = masks.matches_nothing
+        _last_masks = masks
+    cdef Filter f
+    f.inverted = _lm_inverted
+    f.mask = _lm_mask
+    f.anyof = _lm_anyof
+    f.ret = _lm_ret
+    f.max_pages = mp
+    cdef bint nothing = _lm_nothing
+    cdef _OutBuf ob = None
+    cdef RegionArray res = None
+    cdef uint64_t* data = NULL
+    cdef Py_ssize_t nreg = 0, cap = 0
+    cdef uint64_t walk_end = end
     cdef int rc = 0
-    cdef Py_ssize_t isz = mv.itemsize
-    PyObject_GetBuffer(mv, &view, PyBUF_ANY_CONTIGUOUS)
     try:
-        with nogil:
-            if isz == 8:
-                rc = scan_run(<const uint64_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
-                              &out.cap, &walk_end)
-            elif isz == 4:
-                rc = scan_run(<const uint32_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
-                              &out.cap, &walk_end)
-            elif isz == 2:
-                rc = scan_run(<const uint16_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
-                              &out.cap, &walk_end)
+        if out is not None:
+            ob = _OutBuf.__new__(_OutBuf)
+            ob.acquire(out)
+            data = ob.data
+            cap = ob.cap
+            if mr < 0 or mr > cap:
+                mr = cap        # the buffer's capacity bounds the answer: it never grows
+        else:
+            res = RegionArray.__new__(RegionArray)
+        f.max_regions = mr
+        if not nothing:
+            if ob is not None:
+                with nogil:
+                    rc = run_scan(&view, isz, n, s, ps, &f, &data, &nreg, &cap, &walk_end)
             else:
-                rc = scan_run(<const uint8_t*>view.buf, n, s, ps, &f, &out.data, &out.n,
-                              &out.cap, &walk_end)
+                with nogil:
+                    rc = run_scan(&view, isz, n, s, ps, &f, &res.data, &res.n, &res.cap,
+                                  &walk_end)
     finally:
         PyBuffer_Release(&view)
     if rc < 0:
         raise MemoryError()
-    if walk_end == 0 and end_ > 0xFFFFFFFFFFFFFFFF:
-        return ScanResult(out, end_)     # a range ending exactly at 2**64
-    return ScanResult(out, walk_end)
+    if ob is not None:
+        ob.set_count(nreg)
+        return pagescan_pair(ScanCount, nreg, walk_end)
+    return pagescan_pair(ScanResult, res, walk_end)
+
+
+def copy_regions(regions, out):
+    """Copy ``regions`` (a sequence of ``(start, end, categories)``) into ``out``
+    (as for ``scan_pages(out=)``); returns the count. ValueError if they do not fit."""
+    cdef _OutBuf ob = _OutBuf.__new__(_OutBuf)
+    ob.acquire(out)
+    cdef Py_ssize_t k = 0, nr = len(regions)
+    cdef RegionArray src
+    if nr > ob.cap:
+        raise ValueError(f"{nr} regions do not fit in out (capacity {ob.cap})")
+    if isinstance(regions, RegionArray):
+        src = regions
+        if nr:
+            memmove(ob.data, src.data, <size_t>nr * 24)
+        k = nr
+    else:
+        for r in regions:
+            ob.data[3 * k], ob.data[3 * k + 1], ob.data[3 * k + 2] = r
+            k += 1
+    ob.set_count(k)
+    return k
 
 
 # --------------------------------------------------------------------- pagemap

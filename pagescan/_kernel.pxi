@@ -67,7 +67,7 @@ def pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags=0,
 
 
 def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
-            uint64_t max_pages=0, max_regions=None):
+            uint64_t max_pages=0, max_regions=None, out=None):
     """PAGEMAP_SCAN over ``[start, end)`` until done: ``ScanResult(regions, walk_end)``.
 
     Resumes on walk_end when the result outgrows a call, coalesces regions split
@@ -75,14 +75,21 @@ def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
     goes stale when one call passes its 512-region bounce buffer and then
     completes: a walk_end below the end of the last region reported is that
     stale value, and the true one is ``end``). Same meaning as scan_pages().
+
+    With ``out`` (as for scan_pages: a ``RegionArray.empty(n)`` or a writable
+    ``(n, 3)`` uint64 buffer) the kernel writes straight into it, whose capacity
+    bounds the answer, nothing is allocated, and the result is
+    ``ScanCount(nregions, walk_end)``.
     """
-    m = coerce_masks(masks)
+    m = _DEFAULT_MASKS if masks is None else coerce_masks(masks)
     _, mr = check_limits(max_pages, max_regions)
     if mr == 0:
         raise ValueError("max_regions must be at least 1 for a kernel scan")
-    cdef RegionArray out = RegionArray()
+    if out is not None:
+        return pm_scan_into(fd, start, end, flags, m, max_pages, mr, out)
+    cdef RegionArray out_ = RegionArray()
     if m.matches_nothing or start >= end:
-        return ScanResult(out, end if start < end else start)
+        return ScanResult(out_, end if start < end else start)
     cdef int64_t limit = mr
     cdef kernel.pm_scan_arg a
     cdef Py_ssize_t chunk = FIRST_CHUNK, want, k0
@@ -98,18 +105,18 @@ def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
     a.start = start
     while True:
         want = chunk
-        if limit >= 0 and want > limit - out.n:
-            want = limit - out.n
-        out.reserve(out.n + want)
-        k0 = out.n
+        if limit >= 0 and want > limit - out_.n:
+            want = limit - out_.n
+        out_.reserve(out_.n + want)
+        k0 = out_.n
         a.walk_end = 0
-        a.vec = <uint64_t>(out.data + 3 * k0)
+        a.vec = <uint64_t>(out_.data + 3 * k0)
         a.vec_len = want
         a.max_pages = (max_pages - found) if max_pages else 0
         with nogil:
             r = pm_call(fd, &a)
             if r > 0:
-                d = out.data
+                d = out_.data
                 last_end = d[3 * (k0 + r) - 2]
                 if a.walk_end < last_end:        # stale: the call completed the range
                     a.walk_end = end
@@ -122,18 +129,73 @@ def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
                     r -= 1
         if r < 0:
             raise _oserror(-r, "PAGEMAP_SCAN")
-        out.n = k0 + r
+        out_.n = k0 + r
         walk_end = a.walk_end
         if walk_end >= end or (max_pages and found >= max_pages):
             break
-        if limit >= 0 and out.n >= limit:
+        if limit >= 0 and out_.n >= limit:
             break
         if walk_end <= a.start:
             break                                # no progress (hugetlb withdrawn): stop here
         a.start = walk_end
         if chunk < MAX_CHUNK:
             chunk *= 4
-    return ScanResult(out, walk_end)
+    return ScanResult(out_, walk_end)
+
+
+cdef pm_scan_into(int fd, uint64_t start, uint64_t end, uint64_t flags, m,
+                  uint64_t max_pages, int64_t mr, out):
+    """pm_scan into the caller's buffer: each call hands the kernel the rest of it."""
+    cdef _OutBuf ob = _OutBuf.__new__(_OutBuf)
+    ob.acquire(out)
+    if m.matches_nothing or start >= end:
+        ob.set_count(0)
+        return ScanCount(0, end if start < end else start)
+    cdef Py_ssize_t limit = ob.cap if mr < 0 or mr > ob.cap else <Py_ssize_t>mr
+    cdef kernel.pm_scan_arg a
+    cdef Py_ssize_t k = 0, k0, i
+    cdef uint64_t found = 0, walk_end = end, last_end
+    cdef int r = 0
+    cdef uint64_t* d = ob.data
+    cdef uint64_t shift = PAGE_SHIFT
+    if limit == 0:
+        raise ValueError("out has no room for a region (capacity 0)")
+    a.size = sizeof(a)
+    a.flags = flags
+    a.end = end
+    a.category_inverted, a.category_mask, a.category_anyof_mask, a.return_mask = m.to_kernel()
+    a.start = start
+    while True:
+        k0 = k
+        with nogil:
+            a.walk_end = 0
+            a.vec = <uint64_t>(d + 3 * k0)
+            a.vec_len = <uint64_t>(limit - k0)
+            a.max_pages = (max_pages - found) if max_pages else 0
+            r = pm_call(fd, &a)
+            if r > 0:
+                last_end = d[3 * (k0 + r) - 2]
+                if a.walk_end < last_end:        # stale: the call completed the range
+                    a.walk_end = end
+                if max_pages:
+                    for i in range(k0, k0 + r):
+                        found += (d[3 * i + 1] - d[3 * i]) >> shift
+                if k0 and d[3 * k0 - 2] == d[3 * k0] and d[3 * k0 - 1] == d[3 * k0 + 2]:
+                    d[3 * k0 - 2] = d[3 * k0 + 1]
+                    memmove(d + 3 * k0, d + 3 * (k0 + 1), (r - 1) * sizeof(kernel.page_region))
+                    r -= 1
+        if r < 0:
+            ob.set_count(k)
+            raise _oserror(-r, "PAGEMAP_SCAN")
+        k = k0 + r
+        walk_end = a.walk_end
+        if walk_end >= end or (max_pages and found >= max_pages) or k >= limit:
+            break
+        if walk_end <= a.start:
+            break                                # no progress (hugetlb withdrawn): stop here
+        a.start = walk_end
+    ob.set_count(k)
+    return ScanCount(k, walk_end)
 
 
 def uffd_open(int flags):

@@ -17,12 +17,14 @@ from typing import Any, overload
 
 from ._args import (check_int, check_limits, check_page_size, check_range, check_region,
                     check_u64, check_uint_buffer)
-from ._types import (HOLE, Category, PageRegion, ScanResult, as_category, category_repr,
+from ._out import check_region_out
+from ._types import (HOLE, Category, PageRegion, ScanCount, ScanResult, as_category, category_repr,
                      coerce_masks)
 from .constants import (PM_FILE, PM_GUARD_REGION, PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
                         PM_UFFD_WP)
 
-__all__ = ["IMPLEMENTATION", "RegionArray", "coalesce", "pagemap_to_categories", "scan_pages"]
+__all__ = ["IMPLEMENTATION", "RegionArray", "coalesce", "copy_regions", "pagemap_to_categories",
+           "scan_pages"]
 
 IMPLEMENTATION = "python"
 
@@ -35,12 +37,24 @@ class RegionArray:
     ``memoryview()`` works too. On 3.11 use :meth:`memoryview`.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_capacity", "_data")
 
-    def __init__(self, regions: Iterable[Iterable[int]] = ()) -> None:
+    def __init__(self, regions: Iterable[Iterable[int]] = (), *, capacity: int = 0) -> None:
+        self._capacity = check_int(capacity, "capacity", maximum=sys.maxsize // 24)
         self._data = array.array("Q")
         for i, r in enumerate(regions):
             self._data.extend(check_region(r, f"regions[{i}]"))
+
+    @classmethod
+    def empty(cls, capacity: int) -> RegionArray:
+        """An empty RegionArray with room for ``capacity`` regions: a result buffer
+        for ``out=`` (see the compiled class; here it bounds the answer only)."""
+        return cls(capacity=capacity)
+
+    @property
+    def capacity(self) -> int:
+        """How many regions fit (the bound on a scan into it)."""
+        return max(getattr(self, "_capacity", 0), len(self))
 
     def _append(self, start: int, end: int, categories: int) -> None:
         self._data.extend((start, end, categories))      # values known to be u64
@@ -154,18 +168,30 @@ def _regionarray_from_array(data: array.array) -> RegionArray:
 
 
 def scan_pages(categories: Any, start: int = 0, page_size: int = 4096, masks: Any = None,
-               max_pages: int = 0, max_regions: int | None = None) -> ScanResult:
+               max_pages: int = 0, max_regions: int | None = None, out: Any = None
+               ) -> Any:
     """Filter and merge per-page categories into regions, as PAGEMAP_SCAN does.
 
     ``categories[i]`` belongs to the page at ``start + i * page_size``. Returns
     ``ScanResult(regions, walk_end)``. The rules are the kernel's: docs/kernel.md,
     'Filter' and 'Output'.
+
+    With ``out`` (a ``RegionArray.empty(capacity)`` or a writable ``(n, 3)``
+    uint64 buffer) the regions are written into it, its capacity bounds the
+    answer as ``max_regions`` does, and the result is ``ScanCount(nregions,
+    walk_end)``: the regions are ``out[:nregions]`` (a RegionArray gets that length).
     """
     mv = check_uint_buffer(categories, "categories")
     ps = check_page_size(page_size)
     start, end = check_range(start, len(mv), ps)
     m = coerce_masks(masks)
     max_pages, max_regions = check_limits(max_pages, max_regions)
+    if out is not None:
+        cap = _out_capacity(out)
+        if max_regions < 0 or max_regions > cap:
+            max_regions = cap              # the buffer's capacity bounds the answer
+        r = scan_pages(mv, start, ps, m, max_pages, max_regions)
+        return ScanCount(copy_regions(r.regions, out), r.walk_end)
     out = RegionArray()
     is64 = mv.itemsize == 8
     if m.matches_nothing:
@@ -194,6 +220,30 @@ def scan_pages(categories: Any, start: int = 0, page_size: int = 4096, masks: An
             last_end, last_cats = addr + ps, o
         found += 1
     return ScanResult(out, end)
+
+
+def _out_capacity(out: Any) -> int:
+    if isinstance(out, RegionArray):
+        return out.capacity
+    mv = check_region_out(out)
+    assert mv.shape is not None
+    return mv.shape[0]
+
+
+def copy_regions(regions: Any, out: Any) -> int:
+    """Copy ``regions`` (a sequence of ``(start, end, categories)``) into ``out``
+    (as for ``scan_pages(out=)``); returns the count. ValueError if they do not fit."""
+    cap = _out_capacity(out)
+    rows = list(regions)
+    if len(rows) > cap:
+        raise ValueError(f"{len(rows)} regions do not fit in out (capacity {cap})")
+    flat = array.array("Q", [v for r in rows for v in r])
+    if isinstance(out, RegionArray):
+        out._data[:] = flat
+    elif rows:                              # (a view with a 0 in its shape cannot cast)
+        dst = check_region_out(out).cast("B").cast("Q")
+        dst[:len(flat)] = memoryview(flat)
+    return len(rows)
 
 
 # ------------------------------------------------------------------------ pagemap
