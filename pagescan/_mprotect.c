@@ -335,10 +335,10 @@ static int procmap = CHECK_UNKNOWN;
 static int checks_off;          /* test hook: as if the kernel had no PROCMAP_QUERY */
 static int fd_lock;
 
-static int raw_query(int fd, uint64_t addr, struct pagescan_procmap_query *q) {
+static int raw_query(int fd, uint64_t addr, uint64_t want, struct pagescan_procmap_query *q) {
     memset(q, 0, sizeof(*q));
     q->size = sizeof(*q);
-    q->query_flags = PAGESCAN_PROCMAP_COVERING_OR_NEXT_VMA;
+    q->query_flags = PAGESCAN_PROCMAP_COVERING_OR_NEXT_VMA | want;
     q->query_addr = addr;
     return ioctl(fd, PAGESCAN_PROCMAP_QUERY, q) < 0 ? -errno : 0;
 }
@@ -374,20 +374,21 @@ static void ensure_maps(void) {
         STORE(&procmap, CHECK_NONE);            /* no /proc: nothing can be checked */
     if (LOAD(&procmap) == CHECK_UNKNOWN) {
         struct pagescan_procmap_query q;
-        int rc = raw_query(maps_fd, (uint64_t)(uintptr_t)&procmap, &q);
+        int rc = raw_query(maps_fd, (uint64_t)(uintptr_t)&procmap, 0, &q);
         STORE(&procmap, rc == 0 || rc == -ENOENT ? CHECK_WORKS : CHECK_NONE);
     }
     spin_unlock(&fd_lock);
 }
 
-/* The VMA covering addr, or the next one: 0, -ENOENT (none), or CANNOT_TELL.
- * Outside the handler, a descriptor that other code closed (and whose number
- * may name another file now) is replaced by a new one. */
-static int query(uint64_t addr, struct pagescan_procmap_query *q, int in_handler) {
+/* The VMA covering addr, or the next one (that has the flags `want`): 0,
+ * -ENOENT (none), or CANNOT_TELL. Outside the handler, a descriptor that other
+ * code closed (and whose number may name another file now) is replaced. */
+static int query_want(uint64_t addr, uint64_t want, struct pagescan_procmap_query *q,
+                      int in_handler) {
     int fd = LOAD(&maps_fd), rc;
     if (LOAD(&procmap) != CHECK_WORKS || LOAD(&checks_off) || fd < 0)
         return CANNOT_TELL;
-    rc = raw_query(fd, addr, q);
+    rc = raw_query(fd, addr, want, q);
     if (rc == 0 || rc == -ENOENT)
         return rc;
     if (in_handler)
@@ -398,9 +399,13 @@ static int query(uint64_t addr, struct pagescan_procmap_query *q, int in_handler
         open_maps();
     }
     fd = LOAD(&maps_fd);
-    rc = fd < 0 ? CANNOT_TELL : raw_query(fd, addr, q);
+    rc = fd < 0 ? CANNOT_TELL : raw_query(fd, addr, want, q);
     spin_unlock(&fd_lock);
     return rc == 0 || rc == -ENOENT ? rc : CANNOT_TELL;
+}
+
+static int query(uint64_t addr, struct pagescan_procmap_query *q, int in_handler) {
+    return query_want(addr, 0, q, in_handler);
 }
 
 static int seg_has_file(const struct mp_seg *g) {
@@ -453,40 +458,95 @@ static long build_segs(uint64_t start, uint64_t end, struct mp_seg *out, size_t 
     return (long)n;
 }
 
+/* Whether the VMA q, over [at, b) of r, is the tracker's: readable, not
+ * executable, with the identity of every part of r it overlaps. *k: the first
+ * part that may overlap (advanced). */
+static int vma_ok(const struct mp_range *r, const struct pagescan_procmap_query *q,
+                  uint64_t at, uint64_t b, size_t *k) {
+    struct mp_seg g;
+    uint64_t e = q->vma_end < b ? q->vma_end : b;
+    size_t j;
+    if (!(q->vma_flags & PAGESCAN_PROCMAP_VMA_READABLE)
+        || (q->vma_flags & PAGESCAN_PROCMAP_VMA_EXECUTABLE))
+        return 0;
+    seg_from_query(&g, q);
+    while (*k < r->nsegs && r->segs[*k].end <= at)
+        (*k)++;
+    for (j = *k; j < r->nsegs && r->segs[j].start < e; j++) {
+        const struct mp_seg *s = &r->segs[j];
+        if (g.inode != s->inode || g.dev_major != s->dev_major || g.dev_minor != s->dev_minor
+            || g.shared != s->shared || (seg_has_file(s) && g.base != s->base))
+            return 0;
+    }
+    return 1;
+}
+
 /* 0 when [a, b) of r is still the tracked mapping (or it cannot be told),
  * -ENXIO when it is not: a hole, a VMA of another identity, or a protection
- * the tracker never sets (not readable, or executable). */
+ * the tracker never sets (not readable, or executable). One ioctl per VMA. */
 static int check_span(const struct mp_range *r, uint64_t a, uint64_t b, int in_handler) {
     struct pagescan_procmap_query q;
-    struct mp_seg g;
     uint64_t at = a;
-    size_t k = 0, j;
+    size_t k = 0;
     if (r->nsegs == 0)
         return 0;
     while (at < b) {
-        uint64_t e;
         int rc = query(at, &q, in_handler);
         if (rc == CANNOT_TELL)
             return 0;
-        if (rc < 0 || q.vma_start > at)
+        if (rc < 0 || q.vma_start > at || !vma_ok(r, &q, at, b, &k))
             return -ENXIO;
-        if (!(q.vma_flags & PAGESCAN_PROCMAP_VMA_READABLE)
-            || (q.vma_flags & PAGESCAN_PROCMAP_VMA_EXECUTABLE))
-            return -ENXIO;
-        seg_from_query(&g, &q);
-        e = q.vma_end < b ? q.vma_end : b;
-        while (k < r->nsegs && r->segs[k].end <= at)
-            k++;
-        for (j = k; j < r->nsegs && r->segs[j].start < e; j++) {
-            const struct mp_seg *s = &r->segs[j];
-            if (g.inode != s->inode || g.dev_major != s->dev_major
-                || g.dev_minor != s->dev_minor || g.shared != s->shared
-                || (seg_has_file(s) && g.base != s->base))
-                return -ENXIO;
-        }
         at = q.vma_end;
     }
     return 0;
+}
+
+/* A range of anonymous private memory whose tracking split it into more VMAs
+ * than this is checked by a scan with check_quick() (a walk would cost an ioctl
+ * per VMA, more than the scan itself: two per isolated written page). */
+#define QUICK_ABOVE_VMAS 8
+
+static int anon_only(const struct mp_range *r) {
+    return r->nsegs == 1 && !seg_has_file(&r->segs[0]) && !r->segs[0].shared;
+}
+
+/* The check of a scan that changes nothing, in four ioctls whatever the number
+ * of VMAs, for a range of anonymous private memory: the VMAs at both ends are
+ * the tracker's, and no VMA in between is executable or has a file (shmem and
+ * other shared memory have one). Not seen: a hole or a PROT_NONE VMA strictly
+ * inside (check_span() sees them before any change of protection there). */
+static int check_quick(const struct mp_range *r, uint64_t a, uint64_t b) {
+    static const uint64_t want[2] = {PAGESCAN_PROCMAP_VMA_EXECUTABLE,
+                                     PAGESCAN_PROCMAP_FILE_BACKED_VMA};
+    struct pagescan_procmap_query q;
+    uint64_t ends[2] = {a, b - page_size};
+    size_t k = 0;
+    int i, rc;
+    for (i = 0; i < 2; i++) {
+        if ((rc = query(ends[i], &q, 0)) == CANNOT_TELL)
+            return 0;
+        if (rc < 0 || q.vma_start > ends[i] || !vma_ok(r, &q, ends[i], b, &k))
+            return -ENXIO;
+    }
+    for (i = 0; i < 2; i++) {
+        if ((rc = query_want(a, want[i], &q, 0)) == CANNOT_TELL)
+            return 0;
+        if (rc == 0 && q.vma_start < b)
+            return -ENXIO;
+    }
+    return 0;
+}
+
+/* The check of a scan over [a, b): check_span() unless the range is split in
+ * many VMAs (then check_quick(), *exact = 0: a reset must check its span). */
+static int check_scan(const struct mp_range *r, uint64_t a, uint64_t b, int *exact) {
+    *exact = 1;
+    if (r->nsegs != 0 && anon_only(r)
+        && LOAD(&r->st.mappings) + 1 > QUICK_ABOVE_VMAS) {
+        *exact = 0;
+        return check_quick(r, a, b);
+    }
+    return check_span(r, a, b, 0);
 }
 
 int pagescan_mp_checks(void) {
@@ -1130,7 +1190,8 @@ static int64_t do_arm(uint64_t handle, uint64_t start, uint64_t end) {
     return protect_claimed(r, first, first + n);   /* counts what it changes */
 }
 
-int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t *out) {
+int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t *out,
+                         int *exact) {
     struct mp_range *r = lookup(handle);
     size_t first, n, i;
     int rc;
@@ -1140,7 +1201,7 @@ int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t 
         return rc;
     /* a scan is an error where the range is no longer the tracked mapping,
      * with or without a reset (which changes the protection of pages in it) */
-    if ((rc = check_span(r, start, end, 0)) < 0)
+    if ((rc = check_scan(r, start, end, exact)) < 0)
         return rc;
     for (i = 0; i < n; i++)
         out[i] = LOAD_RELAXED(&r->state[first + i]) == CLEAN
@@ -1149,7 +1210,8 @@ int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t 
 }
 
 static int64_t do_reset_regions(uint64_t handle, const uint64_t *regions, size_t nregions,
-                                 const uint8_t *snap, uint64_t snap_start, size_t snap_pages) {
+                                 const uint8_t *snap, uint64_t snap_start, size_t snap_pages,
+                                 int checked) {
     struct mp_range *r = lookup(handle);
     size_t k, base, first, n, i, lo = (size_t)-1, hi = 0, wlo = (size_t)-1, whi = 0;
     uint64_t snap_end = snap_start + ((uint64_t)snap_pages << page_shift);
@@ -1191,6 +1253,14 @@ static int64_t do_reset_regions(uint64_t handle, const uint64_t *regions, size_t
     }
     if (hi == 0)
         return 0;
+    /* the snapshot's quick check did not walk every VMA: walk the span now */
+    if (!checked && (rc = check_span(r, r->start + (lo << page_shift),
+                                     r->start + (hi << page_shift), 0)) < 0) {
+        for (i = lo; i < hi; i++)
+            if (LOAD_RELAXED(&r->state[i]) == COLLECTING)
+                STORE(&r->state[i], DIRTY);
+        return rc;
+    }
     /* One mprotect() over the span from the first to the last claimed page: the
      * mappings in between that are read-only already are left alone by the
      * kernel, so it costs what one call per run would, without the calls. A
@@ -1290,11 +1360,12 @@ int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end) {
 }
 
 int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t *regions, size_t nregions,
-                                  const uint8_t *snap, uint64_t snap_start, size_t snap_pages) {
+                                  const uint8_t *snap, uint64_t snap_start, size_t snap_pages,
+                                  int checked) {
     sigset_t old;
     int64_t rc;
     block_async(&old);
-    rc = do_reset_regions(handle, regions, nregions, snap, snap_start, snap_pages);
+    rc = do_reset_regions(handle, regions, nregions, snap, snap_start, snap_pages, checked);
     unblock_async(&old);
     return rc;
 }

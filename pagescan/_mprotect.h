@@ -59,14 +59,21 @@ int pagescan_mp_unregister(uint64_t handle);
 int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end);
 
 /* Per-page categories of [start, end) into out[]: WPALLOWED for every page,
- * plus WRITTEN unless the page is CLEAN. */
-int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t *out);
+ * plus WRITTEN unless the page is CLEAN. -ENXIO: no longer the tracked mapping
+ * (pagescan_mp_checks); *exact: whether every VMA of the span was checked (0:
+ * a range split in many VMAs had the quick check, which does not see a hole
+ * or a PROT_NONE VMA inside it; pass it on to pagescan_mp_reset_regions). */
+int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t *out,
+                         int *exact);
 
 /* Reset exactly the pages of `regions` (page_region triples) that `snap` (a
  * snapshot of the range starting at snap_start, snap_pages long) shows written
- * and that are still DIRTY. Returns pages left DIRTY (not re-protected) or -errno. */
+ * and that are still DIRTY. `checked`: the snapshot's *exact (0: the span to
+ * re-protect is checked first). Returns pages left DIRTY (not re-protected) or
+ * -errno. */
 int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t *regions, size_t nregions,
-                                  const uint8_t *snap, uint64_t snap_start, size_t snap_pages);
+                                  const uint8_t *snap, uint64_t snap_start, size_t snap_pages,
+                                  int checked);
 
 /* Give write access back to [start, end) and mark it DIRTY (before a kernel
  * write into the range: read() into a tracked buffer). */

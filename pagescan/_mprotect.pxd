@@ -20,10 +20,11 @@ cdef extern from "_mprotect.h" nogil:
     int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t* handle)
     int pagescan_mp_unregister(uint64_t handle)
     int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end)
-    int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t* out)
+    int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t* out,
+                             int* exact)
     int64_t pagescan_mp_reset_regions(uint64_t handle, const uint64_t* regions,
                                       size_t nregions, const uint8_t* snap,
-                                      uint64_t snap_start, size_t snap_pages)
+                                      uint64_t snap_start, size_t snap_pages, int checked)
     int pagescan_mp_mark_written(uint64_t handle, uint64_t start, uint64_t end)
     int pagescan_mp_get_stats(uint64_t handle, pagescan_mp_stats* out)
     int pagescan_mp_live()

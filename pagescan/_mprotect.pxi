@@ -87,6 +87,7 @@ def mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks=None, max_pages
     cdef uint64_t walk_end = end
     cdef uint8_t* snap
     cdef int r = 0
+    cdef int exact = 1
     cdef int64_t left = 0
     if n == 0:
         return ScanResult(out, end), 0
@@ -95,7 +96,7 @@ def mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks=None, max_pages
         raise MemoryError()
     try:
         with nogil:
-            r = pagescan_mp_snapshot(handle, start, end, snap)
+            r = pagescan_mp_snapshot(handle, start, end, snap, &exact)
         if r < 0:
             raise _oserror(-r, "mprotect tracker: scan")
         if m.matches_nothing:
@@ -110,7 +111,8 @@ def mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks=None, max_pages
             r = scan_run(<const uint8_t*>snap, <Py_ssize_t>n, start, <uint64_t>1 << shift, &f,
                          &out.data, &out.n, &out.cap, &walk_end)
             if r == 0 and reset and out.n:
-                left = pagescan_mp_reset_regions(handle, out.data, <size_t>out.n, snap, start, n)
+                left = pagescan_mp_reset_regions(handle, out.data, <size_t>out.n, snap, start, n,
+                                                 exact)
         if r < 0:
             raise MemoryError()
         if left < 0:

@@ -576,6 +576,37 @@ def test_without_procmap_query_reset_compares_the_maps(replaced):
         core().mp_set_checks(True)
 
 
+def test_a_range_split_in_many_mappings_is_checked_quickly_by_written():
+    """Past 8 VMAs (16 isolated written pages: 33) a scan checks an anonymous range
+    in four ioctls: the ends, and no executable or file VMA inside. An r-x mapping
+    in the middle is seen by written(); a PROT_NONE page in the middle only by a
+    call that would change its protection (collect, reset): never changed."""
+    mem = pagescan.allocate(64 * PS)
+    addr = mem.address
+    arr = np.frombuffer(mem, dtype=np.uint8)
+    t = track(mem)
+    try:
+        arr[::4 * PS] = 1                                   # pages 0, 4, ..., 60
+        assert t._backend.stats()["mappings"] + 1 > 8
+        assert _libc.mprotect(addr + 33 * PS, PS, 0) == 0   # PROT_NONE inside
+        assert len(t.written()) == 16                       # quick: not seen
+        with pytest.raises(RangeError, match="no longer the tracked mapping"):
+            t.collect()                                     # the span 0..61 holds it
+        assert perms(addr + 33 * PS, addr + 34 * PS) == {"---"}
+        assert perms(addr, addr + PS) == {"rw-"}            # nothing re-protected
+        assert _libc.mprotect(addr + 33 * PS, PS, 1) == 0   # PROT_READ: the tracker's
+        assert _libc.mmap(addr + 21 * PS, 2 * PS, PROT_READ | PROT_EXEC,
+                          mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED, -1, 0) \
+            == addr + 21 * PS
+        with pytest.raises(RangeError, match="no longer the tracked mapping"):
+            t.written()                                     # quick: seen
+        assert perms(addr + 21 * PS, addr + 23 * PS) == {"r-x"}
+    finally:
+        t.close()
+        _libc.mprotect(addr, 64 * PS, PROT_READ | PROT_WRITE)
+        del arr
+        close(mem)
+
 def test_a_write_to_a_replacing_mapping_is_not_made_writable():
     """The handler: a store to the new (r-x) mapping at a tracked address faults
     with SEGV_ACCERR in a tracked range. It is passed on (here: the default action,

@@ -313,6 +313,28 @@ def test_a_new_anonymous_rw_mapping_is_indistinguishable(sim):
         assert in_range(sim, a, a + 16 * P) == [(0, 16, "r--")]
 
 
+def test_a_range_split_in_many_mappings_is_checked_quickly_by_written(sim):
+    """The model of the quick check past 8 VMAs (as on the host): an r-x mapping
+    inside is seen by written(); a PROT_NONE page inside only by collect/reset,
+    before any change of protection."""
+    a = sim.mmap(64 * P)
+    with sim_track(sim, a, 64 * P) as t:
+        for i in range(0, 64, 4):
+            sim.write(a + i * P)
+        sim.mprotect(a + 33 * P, P, PROT_NONE)
+        assert len(t.written()) == 16
+        with pytest.raises(RangeError, match="no longer the tracked mapping"):
+            t.collect()
+        assert in_range(sim, a + 32 * P, a + 35 * P) == [(0, 1, "rw-"), (1, 2, "---"),
+                                                        (2, 3, "r--")]
+        assert in_range(sim, a, a + P) == [(0, 1, "rw-")]
+        sim.mprotect(a + 33 * P, P, PROT_READ)
+        sim.munmap(a + 21 * P, 2 * P)
+        sim.mmap(2 * P, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                 addr=a + 21 * P)
+        with pytest.raises(RangeError, match="no longer the tracked mapping"):
+            t.written()
+
 def test_without_procmap_query_only_reset_checks(sim):
     """A kernel before 6.11 (no PROCMAP_QUERY): the trap checks nothing; reset()
     compares the maps with the range at register. collect() does not (its

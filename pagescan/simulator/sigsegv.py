@@ -59,6 +59,8 @@ DEFAULT_MAX_MAP_COUNT = 65530
 MAX_RANGES = 64
 #: the gap to a written neighbour that coarsening fills first, as in _mprotect.c
 NEIGHBOUR_PAGES = 64
+#: past this many VMAs a scan checks an anonymous range quickly, as in _mprotect.c
+QUICK_ABOVE_VMAS = 8
 
 CLEAN, DIRTY, COLLECTING, UNPROT, COARSE = 0, 1, 2, 3, 4
 
@@ -224,6 +226,30 @@ class SimWriteTrap(WriteTrap):
                     return False
             at = v.end
         return at >= b
+
+    def _vma_ok(self, r: _Range, v: Any, proc: Any) -> bool:
+        if not v.prot & PROT_READ or v.prot & PROT_EXEC:
+            return False
+        vs, ve, ident = proc._addr(v.start), proc._addr(v.end), _identity(v)
+        return all(want == ident for s, e, want in r.ident or () if s < ve and vs < e)
+
+    def _scan_check(self, r: _Range, start: int, end: int) -> tuple[bool, bool]:
+        """check_scan(): ``(ours, exact)``. A range of anonymous private memory split
+        in more than QUICK_ABOVE_VMAS VMAs gets the quick check (the VMAs at both
+        ends, no executable or file VMA in between: a hole or a PROT_NONE VMA
+        inside is not seen, ``exact`` False); any other the walk of every VMA."""
+        if (r.ident is None or not self.checks_mappings() or len(r.ident) != 1
+                or r.ident[0][2] != (0, 0, False)
+                or r.st["mappings"] + 1 <= QUICK_ABOVE_VMAS):
+            return self._ours(r, start, end), True
+        proc = self.proc
+        for addr in (start, end - self.page_size):
+            v = proc._vma_at(proc._index(addr))
+            if v is None or not self._vma_ok(r, v, proc):
+                return False, False
+        bad = any(v.prot & PROT_EXEC or v.file is not None
+                  for v in proc._vmas_in(proc._index(start), proc._index(end)))
+        return not bad, False
 
     # -- the mapping estimate: boundaries between read-only and writable pages ------
 
@@ -508,16 +534,18 @@ class SimWriteTrap(WriteTrap):
                                    max_pages, max_regions), 0
         r = self._lookup(handle)
         first, n = self._sub(r, start, end)
-        if not self._ours(r, start, end):
+        ours, exact = self._scan_check(r, start, end)
+        if not ours:
             raise _err(errno.ENXIO, "mprotect tracker: scan")
         snap = self._snapshot(r, first, n)
         result = impl.scan_pages(snap, start, self.page_size, masks, max_pages, max_regions)
         left = 0
         if reset and len(result.regions):
-            left = self._reset_regions(r, result.regions, snap, first)
+            left = self._reset_regions(r, result.regions, snap, first, exact)
         return result, left
 
-    def _reset_regions(self, r: _Range, regions: Any, snap: np.ndarray, base: int) -> int:
+    def _reset_regions(self, r: _Range, regions: Any, snap: np.ndarray, base: int,
+                       checked: bool = True) -> int:
         """Reset the reported pages the snapshot showed written, with one mprotect()
         over the span from the first to the last (as the C code does)."""
         claim = np.zeros(len(snap), dtype=bool)
@@ -536,8 +564,10 @@ class SimWriteTrap(WriteTrap):
         idx = np.flatnonzero(claim)
         if not len(idx):
             return 0
-        r.state[base + idx] = COLLECTING
         lo, hi = base + int(idx[0]), base + int(idx[-1]) + 1
+        if not checked and not self._ours(r, self._addr(r, lo), self._addr(r, hi)):
+            raise _err(errno.ENXIO, "mprotect")
+        r.state[base + idx] = COLLECTING
         if self._mprotect(self._addr(r, lo), (hi - lo) << self._shift, PROT_READ) == 0:
             seg = r.state[lo:hi]
             seg[seg == COLLECTING] = CLEAN
