@@ -58,8 +58,7 @@ Limits, each tested in tests/test_mprotect.py:
 * Only stores through the page tables are seen. ``madvise(MADV_DONTNEED)``
   (the contents drop to zero) is no write; a program that changes the
   protection of tracked memory itself (``mprotect(PROT_READ|PROT_WRITE)`` on a
-  clean page) makes its next writes invisible, and a store to a page it made
-  PROT_NONE is let through. Do not unmap tracked memory while it is tracked.
+  clean page) makes its next writes invisible.
 * Tracked memory must be readable and writable and not executable (PROT_EXEC
   would be lost); ``close()`` leaves it PROT_READ|PROT_WRITE. At most 64 ranges
   are tracked at once, by all trackers of the process.
@@ -86,10 +85,26 @@ Limits, each tested in tests/test_mprotect.py:
   table's lock is made anew in the child (``os.register_at_fork``; the C locks
   in the ``pthread_atfork`` hook), and an inherited tracker raises
   TrackerClosed before it takes its own lock.
-* Not fixed yet (issue 12 item 13): after the tracked range is unmapped and
-  something else is mapped at the same address, ``reset``/``collect`` may
-  change the new mapping's protection. Do not unmap tracked memory while it
-  is tracked.
+* Unmapped or replaced memory: the backend changes the protection of the
+  tracked mapping only. ``register`` records the identity of the range's
+  mappings (no file, or device, inode and file offset; shared or private), and
+  the trap (``WriteTrap.checks_mappings()``: PROCMAP_QUERY, Linux 6.11+, one
+  ioctl per VMA) checks it before every protection change and at every scan:
+  unmapped, replaced (``munmap`` + ``mmap``, ``mmap(MAP_FIXED)``), or made
+  PROT_NONE/PROT_EXEC -> :class:`~pagescan.RangeError` ("no longer the tracked
+  mapping: it was unmapped or replaced") from ``reset``/``written``/
+  ``collect``/``mark_written``, nothing changed; ``close`` leaves it alone; the
+  handler passes a store there on to the previous handler (a PROT_NONE page the
+  program made is no longer let through). A range of anonymous memory split in
+  more than 8 VMAs is checked by a scan in four ioctls (both ends, no executable
+  or file-backed VMA inside), and a collect then checks the span it
+  re-protects: a hole or PROT_NONE page inside is seen only by a call that
+  would change its protection. Cannot be told apart: new anonymous private
+  PROT_READ or PROT_READ|PROT_WRITE memory at the same address (no anon_vma in
+  what the kernel shows), or the same file at the same offset; a replacement
+  racing the check. Without PROCMAP_QUERY only ``reset`` checks, reading
+  ``/proc/self/maps`` (~0.5-1.5 ms); ``written``/``collect`` and the handler do
+  not. Do not unmap tracked memory while it is tracked.
 
 Only the calling process's memory can be tracked.
 
@@ -218,6 +233,10 @@ class MprotectBackend(Backend):
                "coarsened: reported written without a write, counted in stats()['coarsened']",
                "madvise(MADV_DONTNEED) and the program's own mprotect() calls on tracked "
                "memory are not seen",
+               "tracked memory unmapped, replaced or made PROT_NONE/PROT_EXEC: RangeError, "
+               "its protection left alone (checked with PROCMAP_QUERY, Linux 6.11+; before "
+               "6.11 only reset() checks); new anonymous rw memory at the same address "
+               "cannot be told apart",
                "each first write to a page costs a SIGSEGV round trip",
                "memory must be rw- (not executable); close() leaves it PROT_READ|PROT_WRITE",
                "fork(): the child's copy is untracked and writable"),
