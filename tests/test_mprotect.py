@@ -607,6 +607,37 @@ def test_a_range_split_in_many_mappings_is_checked_quickly_by_written():
         del arr
         close(mem)
 
+def test_the_maps_descriptor_closed_by_other_code_is_opened_again(replaced):
+    """Other code may close every descriptor (os.closerange) and the number be taken
+    by another file: the check opens /proc/self/maps again instead of asking an
+    ioctl of whatever the number names now."""
+    import gc
+
+    from pagescan.kernel import LinuxKernel
+    require(core().mp_checks(), "this kernel has no PROCMAP_QUERY (Linux 6.11+)")
+    others = {fd for k in gc.get_objects() if isinstance(k, LinuxKernel)
+              for fd in getattr(k, "_fds", {}).values()}
+    ours = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == f"/proc/{os.getpid()}/maps" \
+                    and int(name) not in others:
+                ours.append(int(name))
+        except OSError:
+            pass
+    assert len(ours) == 1
+    for fd in ours:
+        os.close(fd)
+    taken = [os.open("/dev/null", os.O_RDONLY) for _ in ours]   # the numbers reused
+    try:
+        replaced.replace(PROT_READ | PROT_EXEC)
+        with pytest.raises(RangeError, match="no longer the tracked mapping"):
+            replaced.tracker.collect()
+        assert perms(replaced.addr, replaced.end) == {"r-x"}
+    finally:
+        for fd in taken:
+            os.close(fd)
+
 def test_a_write_to_a_replacing_mapping_is_not_made_writable():
     """The handler: a store to the new (r-x) mapping at a tracked address faults
     with SEGV_ACCERR in a tracked range. It is passed on (here: the default action,
