@@ -95,6 +95,14 @@ cdef inline uint64_t u64_arg(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
     return check_u64(v, name)
 
 
+cdef inline int int_arg(object v, str name) except? -1:
+    """A non-negative C int argument (a file descriptor, flags, an advice)."""
+    cdef uint64_t r
+    if fast_u64(v, &r) and r <= 0x7FFFFFFF:
+        return <int>r
+    return check_int(v, name, maximum=0x7FFFFFFF)
+
+
 cdef list _CATS = _CATEGORY_CACHE
 cdef object _tuple_new = tuple.__new__
 

@@ -37,11 +37,22 @@ cdef int pm_call(int fd, kernel.pm_scan_arg* arg) noexcept nogil:
     return -errno if r < 0 else r
 
 
-def pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags=0,
-                 uint64_t inverted=0, uint64_t mask=0, uint64_t anyof=0,
-                 uint64_t return_mask=0x1FF, uint64_t max_pages=0, uint64_t vec_len=512):
+def pm_scan_once(fd, start, end, flags=0, inverted=0, mask=0, anyof=0, return_mask=0x1FF,
+                 max_pages=0, vec_len=512):
     """Exactly one PAGEMAP_SCAN call, as the kernel answers it (walk_end included,
     stale or not): ``(RegionArray, walk_end)``. For tests and probes."""
+    return _pm_scan_once(int_arg(fd, "fd"), u64_arg(start, "start"), u64_arg(end, "end"),
+                         u64_arg(flags, "flags"), u64_arg(inverted, "inverted"),
+                         u64_arg(mask, "mask"), u64_arg(anyof, "anyof"),
+                         u64_arg(return_mask, "return_mask"), u64_arg(max_pages, "max_pages"),
+                         u64_arg(vec_len, "vec_len"))
+
+
+# the arguments as C values, checked by the def above (typed def arguments would
+# let Cython truncate floats)
+cdef _pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags, uint64_t inverted,
+                   uint64_t mask, uint64_t anyof, uint64_t return_mask, uint64_t max_pages,
+                   uint64_t vec_len):
     cdef RegionArray out = RegionArray()
     cdef kernel.pm_scan_arg a
     cdef int r
@@ -66,8 +77,7 @@ def pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags=0,
     return out, a.walk_end
 
 
-def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
-            uint64_t max_pages=0, max_regions=None, out=None):
+def pm_scan(fd, start, end, flags=0, masks=None, max_pages=0, max_regions=None, out=None):
     """PAGEMAP_SCAN over ``[start, end)`` until done: ``ScanResult(regions, walk_end)``.
 
     Resumes on walk_end when the result outgrows a call, coalesces regions split
@@ -81,6 +91,15 @@ def pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags=0, masks=None,
     bounds the answer, nothing is allocated, and the result is
     ``ScanCount(nregions, walk_end)``.
     """
+    return _pm_scan(int_arg(fd, "fd"), u64_arg(start, "start"), u64_arg(end, "end"),
+                    u64_arg(flags, "flags"), masks, u64_arg(max_pages, "max_pages"),
+                    max_regions, out)
+
+
+# the arguments as C values, checked by the def above (typed def arguments would
+# let Cython truncate floats)
+cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint64_t max_pages,
+              max_regions, out):
     m = _DEFAULT_MASKS if masks is None else coerce_masks(masks)
     _, mr = check_limits(max_pages, max_regions)
     if mr == 0:
@@ -198,22 +217,24 @@ cdef pm_scan_into(int fd, uint64_t start, uint64_t end, uint64_t flags, m,
     return ScanCount(k, walk_end)
 
 
-def uffd_open(int flags):
+def uffd_open(flags):
     """userfaultfd(2) with O_CLOEXEC|O_NONBLOCK plus ``flags`` (e.g. USER_MODE_ONLY)."""
+    cdef int fl = int_arg(flags, "flags")
     cdef long fd
     with nogil:
-        fd = kernel.userfaultfd(kernel.O_CLOEXEC | kernel.O_NONBLOCK | flags)
+        fd = kernel.userfaultfd(kernel.O_CLOEXEC | kernel.O_NONBLOCK | fl)
     if fd < 0:
         raise _oserror(errno, "userfaultfd")
     return fd
 
 
-def uffd_api(int fd, uint64_t features):
+def uffd_api(fd_, features):
     """UFFDIO_API handshake; returns the features the kernel granted."""
+    cdef int fd = int_arg(fd_, "fd")
     cdef kernel.uffdio_api a
     cdef int r
     a.api = kernel.UFFD_API
-    a.features = features
+    a.features = u64_arg(features, "features")
     a.ioctls = 0
     with nogil:
         r = kernel.ioctl(fd, kernel.UFFDIO_API, &a)
@@ -222,12 +243,13 @@ def uffd_api(int fd, uint64_t features):
     return a.features
 
 
-def uffd_register_wp(int fd, uint64_t start, uint64_t length):
+def uffd_register_wp(fd_, start, length):
     """UFFDIO_REGISTER in write-protect mode."""
+    cdef int fd = int_arg(fd_, "fd")
     cdef kernel.uffdio_register reg
     cdef int r
-    reg.range.start = start
-    reg.range.len = length
+    reg.range.start = u64_arg(start, "start")
+    reg.range.len = u64_arg(length, "length")
     reg.mode = kernel.UFFDIO_REGISTER_MODE_WP
     reg.ioctls = 0
     with nogil:
@@ -237,23 +259,25 @@ def uffd_register_wp(int fd, uint64_t start, uint64_t length):
     return reg.ioctls
 
 
-def uffd_unregister(int fd, uint64_t start, uint64_t length):
+def uffd_unregister(fd_, start, length):
+    cdef int fd = int_arg(fd_, "fd")
     cdef kernel.uffdio_range rng
     cdef int r
-    rng.start = start
-    rng.len = length
+    rng.start = u64_arg(start, "start")
+    rng.len = u64_arg(length, "length")
     with nogil:
         r = kernel.ioctl(fd, kernel.UFFDIO_UNREGISTER, &rng)
     if r < 0:
         raise _oserror(errno, "UFFDIO_UNREGISTER")
 
 
-def uffd_writeprotect(int fd, uint64_t start, uint64_t length, bint protect=True):
+def uffd_writeprotect(fd_, start, length, bint protect=True):
     """UFFDIO_WRITEPROTECT (set or clear) over a registered range."""
+    cdef int fd = int_arg(fd_, "fd")
     cdef kernel.uffdio_writeprotect wp
     cdef int r
-    wp.range.start = start
-    wp.range.len = length
+    wp.range.start = u64_arg(start, "start")
+    wp.range.len = u64_arg(length, "length")
     wp.mode = kernel.UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
     with nogil:
         r = kernel.ioctl(fd, kernel.UFFDIO_WRITEPROTECT, &wp)
@@ -272,21 +296,24 @@ def buffer_address(obj, bint writable=True):
     return addr, n
 
 
-def madvise(uint64_t start, uint64_t length, int advice):
+def madvise(start, length, advice):
     """madvise(2) on an address range (the mmap module only takes its own maps)."""
+    cdef uint64_t s = u64_arg(start, "start"), n = u64_arg(length, "length")
+    cdef int adv = int_arg(advice, "advice")
     cdef int r
     with nogil:
-        r = kernel.madvise(<void*>start, length, advice)
+        r = kernel.madvise(<void*>s, n, adv)
     if r < 0:
         raise _oserror(errno, "madvise")
 
 
-def is_mapped(uint64_t start, uint64_t length):
+def is_mapped(start, length):
     """Whether every page of the range has a VMA (msync(MS_ASYNC): ENOMEM on a hole;
     a no-op otherwise, and O(VMAs), not O(pages))."""
+    cdef uint64_t s = u64_arg(start, "start"), n = u64_arg(length, "length")
     cdef int r
     with nogil:
-        r = kernel.msync(<void*>start, length, kernel.MS_ASYNC)
+        r = kernel.msync(<void*>s, n, kernel.MS_ASYNC)
     if r == 0:
         return True
     if errno == ENOMEM:

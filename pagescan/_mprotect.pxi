@@ -33,51 +33,64 @@ def mp_installed():
     return pagescan_mp_installed() == 1
 
 
-def mp_register(uint64_t start, uint64_t end):
+def mp_register(start, end):
     """Track ``[start, end)``: every page DIRTY, protection unchanged. Returns a handle."""
+    cdef uint64_t s = u64_arg(start, "start"), e = u64_arg(end, "end")
     cdef uint64_t handle = 0
     cdef int r
     with nogil:
-        r = pagescan_mp_register(start, end, &handle)
+        r = pagescan_mp_register(s, e, &handle)
     if r < 0:
         raise _oserror(-r, "mprotect tracker: register")
     return handle
 
 
-def mp_unregister(uint64_t handle):
+def mp_unregister(handle):
     """PROT_READ|PROT_WRITE back on the whole range, then stop tracking it."""
+    cdef uint64_t h = u64_arg(handle, "handle")
     cdef int r
     with nogil:
-        r = pagescan_mp_unregister(handle)
+        r = pagescan_mp_unregister(h)
     if r < 0:
         raise _oserror(-r, "mprotect tracker: unregister")
 
 
-def mp_arm(uint64_t handle, uint64_t start, uint64_t end):
+def mp_arm(handle, start, end):
     """Reset ``[start, end)``: written pages back to PROT_READ. Returns how many
     pages could not be re-protected (they stay written)."""
+    cdef uint64_t h = u64_arg(handle, "handle"), s = u64_arg(start, "start")
+    cdef uint64_t e = u64_arg(end, "end")
     cdef int64_t r
     with nogil:
-        r = pagescan_mp_arm(handle, start, end)
+        r = pagescan_mp_arm(h, s, e)
     if r < 0:
         raise _oserror(<int>-r, "mprotect")
     return r
 
 
-def mp_mark_written(uint64_t handle, uint64_t start, uint64_t end):
+def mp_mark_written(handle, start, end):
     """Give write access back to ``[start, end)`` and count it written."""
+    cdef uint64_t h = u64_arg(handle, "handle"), s = u64_arg(start, "start")
+    cdef uint64_t e = u64_arg(end, "end")
     cdef int r
     with nogil:
-        r = pagescan_mp_mark_written(handle, start, end)
+        r = pagescan_mp_mark_written(h, s, e)
     if r < 0:
         raise _oserror(-r, "mprotect")
 
 
-def mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks=None, max_pages=0,
-            max_regions=None, bint reset=False):
+def mp_scan(handle, start, end, masks=None, max_pages=0, max_regions=None, bint reset=False):
     """``(ScanResult, left)``: the regions of ``[start, end)`` matching ``masks``
     (same rules as scan_pages), and with ``reset`` the written pages of those
     regions reset; ``left`` counts pages that could not be re-protected."""
+    return _mp_scan(u64_arg(handle, "handle"), u64_arg(start, "start"), u64_arg(end, "end"),
+                    masks, max_pages, max_regions, reset)
+
+
+# the arguments as C values, checked by the def above (typed def arguments would
+# let Cython truncate floats)
+cdef _mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks, max_pages, max_regions,
+              bint reset):
     m = coerce_masks(masks)
     mp, mr = check_limits(max_pages, max_regions)
     cdef RegionArray out = RegionArray()
@@ -122,10 +135,10 @@ def mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks=None, max_pages
     return ScanResult(out, walk_end), left
 
 
-def mp_stats(uint64_t handle=0):
+def mp_stats(handle=0):
     """Counters of one range, or (handle 0) of every range since the process started."""
     cdef pagescan_mp_stats st
-    cdef int r = pagescan_mp_get_stats(handle, &st)
+    cdef int r = pagescan_mp_get_stats(u64_arg(handle, "handle"), &st)
     if r < 0:
         raise _oserror(-r, "mprotect tracker: stats")
     return {"faults": st.faults, "coarsened": st.coarsened,
@@ -134,10 +147,11 @@ def mp_stats(uint64_t handle=0):
             "mappings": st.mappings, "budget": st.budget}
 
 
-def mp_touch(uint64_t addr):
+def mp_touch(addr):
     """Write fault the page at ``addr`` without changing its contents."""
+    cdef uint64_t a = u64_arg(addr, "addr")
     with nogil:
-        pagescan_mp_touch(addr)
+        pagescan_mp_touch(a)
 
 
 def mp_live():
@@ -145,20 +159,20 @@ def mp_live():
     return pagescan_mp_live()
 
 
-def mp_overlapping(uint64_t start, uint64_t end):
+def mp_overlapping(start, end):
     """How many ranges the mprotect backend tracks overlap ``[start, end)``."""
-    return pagescan_mp_overlapping(start, end)
+    return pagescan_mp_overlapping(u64_arg(start, "start"), u64_arg(end, "end"))
 
 
-def mp_set_budget(int64_t budget):
+def mp_set_budget(budget):
     """How many mappings the tracking of all ranges may add before it coarsens."""
-    pagescan_mp_set_budget(budget)
+    pagescan_mp_set_budget(<int64_t>check_int(budget, "budget", maximum=(1 << 63) - 1))
 
 
-def mp_inject_enomem(int count):
+def mp_inject_enomem(count):
     """Test hook: the fault handler's next ``count`` mprotect() calls fail with
     ENOMEM, as when vm.max_map_count is reached."""
-    pagescan_mp_inject_enomem(count)
+    pagescan_mp_inject_enomem(int_arg(count, "count"))
 
 
 def mp_checks():

@@ -1521,3 +1521,64 @@ def test_regionarray_memoryview_empty(impl):
     assert mv.format in ("Q", "L") and mv.itemsize == 8
     assert np.asarray(mv).shape == (0, 3)
     assert np.asarray(impl.RegionArray([(0, PS, W)])[1:]).shape == (0, 3)
+
+
+# the system-call primitives of the compiled core: the same integer checks
+# (typed Cython arguments took floats and truncated them, and a negative gave a
+# bare OverflowError); each bad value is refused before any system call
+KERNEL_ARGS = [
+    # (function, its integer arguments in order, which of them are C ints)
+    ("pm_scan", ["fd", "start", "end", "flags"], {"fd"}),
+    ("pm_scan_once", ["fd", "start", "end", "flags", "inverted", "mask", "anyof",
+                      "return_mask", "max_pages", "vec_len"], {"fd"}),
+    ("uffd_open", ["flags"], {"flags"}),
+    ("uffd_api", ["fd", "features"], {"fd"}),
+    ("uffd_register_wp", ["fd", "start", "length"], {"fd"}),
+    ("uffd_unregister", ["fd", "start", "length"], {"fd"}),
+    ("uffd_writeprotect", ["fd", "start", "length"], {"fd"}),
+    ("madvise", ["start", "length", "advice"], {"advice"}),
+    ("is_mapped", ["start", "length"], set()),
+    ("mp_register", ["start", "end"], set()),
+    ("mp_unregister", ["handle"], set()),
+    ("mp_arm", ["handle", "start", "end"], set()),
+    ("mp_mark_written", ["handle", "start", "end"], set()),
+    ("mp_scan", ["handle", "start", "end"], set()),
+    ("mp_stats", ["handle"], set()),
+    ("mp_touch", ["addr"], set()),
+    ("mp_overlapping", ["start", "end"], set()),
+    ("mp_set_budget", ["budget"], set()),
+    ("mp_inject_enomem", ["count"], {"count"}),
+]
+KERNEL_ARG_SITES = [(fn, names, i) for fn, names, _ in KERNEL_ARGS for i in range(len(names))]
+KERNEL_BAD = [(4096.5, TypeError), (4096.0, TypeError), (np.float64(1), TypeError),
+              (True, TypeError), ("1", TypeError), (None, TypeError), (-1, ValueError),
+              (1 << 64, ValueError)]
+
+
+@pytest.mark.parametrize("bad,exc", KERNEL_BAD, ids=[repr(b[0]) for b in KERNEL_BAD])
+@pytest.mark.parametrize("fn,names,i", KERNEL_ARG_SITES,
+                         ids=[f"{s[0]}-{s[1][s[2]]}" for s in KERNEL_ARG_SITES])
+def test_kernel_primitive_int_arguments(core, fn, names, i, bad, exc):
+    args = [0] * len(names)
+    args[i] = bad
+    with pytest.raises(exc) as info:
+        getattr(core, fn)(*args)
+    assert str(info.value).startswith(names[i] + " must "), str(info.value)
+
+
+def test_kernel_primitive_int_arguments_accepted(core):
+    import mmap
+    m = mmap.mmap(-1, 2 * PS)
+    addr, _n = core.buffer_address(m)
+    try:
+        for a, ln in ((np.uint64(addr), np.int32(PS)), (_OddInt(addr), _OddInt(2 * PS)),
+                      (addr, Category.WRITTEN * PS)):
+            assert core.is_mapped(a, ln) is True
+        assert core.mp_overlapping(np.uint64(0), _OddInt(PS)) == 0
+        assert isinstance(core.mp_stats(np.uint64(0)), dict)
+        # a C int past 2**31 - 1 is a ValueError, not a bare OverflowError
+        with pytest.raises(ValueError, match="fd must be <= 2147483647"):
+            core.uffd_writeprotect(1 << 40, addr, PS)
+    finally:
+        del addr
+        m.close()
