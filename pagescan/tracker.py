@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from ._args import check_int
+from ._args import U64_MAX, check_int
 from .constants import USER_ADDRESS_LIMIT
 from ._impl import impl as _impl
 from ._out import out_capacity
@@ -355,6 +355,19 @@ class Tracker:
         ``walk_end`` says where the next call should start for the rest.
         ``out``: a result buffer kept across calls, as for :meth:`scan` (returns
         ``ScanCount(nregions, walk_end)``; a full buffer bounds the answer)."""
+        if (start is None and end is None and type(max_pages) is int
+                and 0 <= max_pages <= U64_MAX):
+            # the common call (the whole range, an int limit): what scan() does with
+            # its checks known to pass, without their per-call cost
+            backend = self._enter()
+            try:
+                if out is not None:
+                    return self._scan_into(backend, self.start, self.end, WRITTEN_MASKS,
+                                           max_pages, None, reset, out)
+                return backend.scan(self.start, self.end, WRITTEN_MASKS,
+                                    max_pages=max_pages, reset=reset)
+            finally:
+                self._leave()
         return self.scan(WRITTEN_MASKS, start=start, end=end, max_pages=max_pages,
                          reset=reset, out=out)
 

@@ -143,6 +143,7 @@ class UffdBackend(Backend):
         # which writes into a caller's buffer (out=); a simulated kernel's is not
         self._pm_out = isinstance(k, LinuxKernel) and isinstance(
             vars(k).get("pagemap_scan"), functools.partial)
+        self._restricted: tuple[Masks | None, Masks] = (None, Masks())
         self._writeprotect = self._uffd.writeprotect
 
     # -- registration -------------------------------------------------------
@@ -198,8 +199,10 @@ class UffdBackend(Backend):
     def scan(self, start: int, end: int, masks: Masks, *, max_pages: int = 0,
              max_regions: int | None = None, reset: bool = False) -> ScanResult:
         flags = PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING if reset else PM_SCAN_CHECK_WPASYNC
+        if masks is not self._restricted[0]:             # Masks are immutable
+            self._restricted = (masks, masks.restrict(self._valid))
         try:
-            result = self._pm_scan(start, end, flags, masks.restrict(self._valid),
+            result = self._pm_scan(start, end, flags, self._restricted[1],
                                    max_pages, max_regions)
         except OSError as err:
             raise self._error(err, start, end) from err
@@ -221,9 +224,11 @@ class UffdBackend(Backend):
         if not self._pm_out:
             return None
         flags = PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING if reset else PM_SCAN_CHECK_WPASYNC
+        if masks is not self._restricted[0]:             # Masks are immutable
+            self._restricted = (masks, masks.restrict(self._valid))
         try:
             pm: Any = self._pm_scan                   # the core's pm_scan (takes out=)
-            result: ScanCount = pm(start, end, flags, masks.restrict(self._valid),
+            result: ScanCount = pm(start, end, flags, self._restricted[1],
                                    max_pages, max_regions, out)
         except OSError as err:
             raise self._error(err, start, end) from err
