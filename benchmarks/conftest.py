@@ -121,6 +121,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("-", "scan_pages ratios (report.py)")
         for line in lines:
             terminalreporter.write_line(line)
+    lines = report.limits(records)
+    if lines:
+        terminalreporter.write_sep("-", "the core at its limits (bench_limits.py, issue 14)")
+        for line in lines:
+            terminalreporter.write_line(line)
     lines = report.accuracy(records)
     if lines:
         terminalreporter.write_sep("-", "accuracy and time per backend and workload "

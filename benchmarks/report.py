@@ -104,13 +104,66 @@ def accuracy(records: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+def limits(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The bench_limits.py rows (extra_info["suite"] == "limits", issue 14): per scan
+    pattern ns/page of each row and the ratios core(kept buffer) / C(kept buffer),
+    core(kept) / memory floor and fresh / kept; scan_pages per-call time against
+    1 us; collect() on a small range against the C loop through ctypes."""
+    t: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for rec in records:
+        info = rec.get("extra_info") or {}
+        if info.get("suite") != "limits" or "min" not in (rec.get("stats") or {}):
+            continue
+        t[info["case"]][info["impl"]] = {"min": rec["stats"]["min"],
+                                         "median": rec["stats"]["median"],
+                                         "pages": info.get("pages") or 1}
+    out: list[str] = []
+
+    def ratio(row: dict[str, Any], a: str, b: str, label: str, target: float | None) -> None:
+        if a in row and b in row:
+            r = row[a]["min"] / row[b]["min"]
+            rm = row[a]["median"] / row[b]["median"]
+            tail = "" if target is None else \
+                f"   target <= {target:g}x: {'ok' if r <= target else 'MISSED'}"
+            out.append(f"  {label:<22} {r:6.2f}x (min) {rm:6.2f}x (median){tail}")
+
+    for case in sorted(k for k in t if k.startswith("scan ")):
+        row = t[case]
+        out.append(f"{case}:")
+        for impl in ("floor", "core-fresh", "core-kept", "c-kept"):
+            if impl in row:
+                s = row[impl]
+                out.append(f"  {impl:>10}: min {s['min'] * 1e3:9.3f} ms = "
+                           f"{s['min'] / s['pages'] * 1e9:7.3f} ns/page")
+        alt = case.endswith("alternating")
+        ratio(row, "core-kept", "c-kept", "core kept / C kept", 1.5 if alt else None)
+        ratio(row, "core-kept", "floor", "core kept / floor", None if alt else 2.0)
+        ratio(row, "core-fresh", "core-kept", "core fresh / kept", None)
+    if "per-call" in t:
+        out.append("scan_pages per call, 16 pages (target <= 1 us):")
+        for impl, s in sorted(t["per-call"].items()):
+            us = s["min"] * 1e6
+            out.append(f"  {impl:>12}: min {us:6.3f} us  median {s['median'] * 1e6:6.3f} us"
+                       f"   {'ok' if us <= 1.0 else 'MISSED'}")
+    for case in sorted(k for k in t if k.startswith("collect")):
+        row = t[case]
+        out.append(f"{case} (target <= 1.15x the C loop through ctypes):")
+        for impl, s in sorted(row.items()):
+            out.append(f"  {impl:>12}: min {s['min'] * 1e6:6.3f} us  "
+                       f"median {s['median'] * 1e6:6.3f} us")
+        ratio(row, "pagescan", "c-ctypes", "collect() / C", 1.15)
+        ratio(row, "pagescan-out", "c-ctypes", "collect(out=) / C", 1.15)
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__)
         return 2
     with open(argv[1]) as f:
         data = json.load(f)
-    for line in summarize(data.get("benchmarks", [])) + accuracy(data.get("benchmarks", [])):
+    records = data.get("benchmarks", [])
+    for line in summarize(records) + limits(records) + accuracy(records):
         print(line)
     return 0
 
