@@ -1043,7 +1043,7 @@ out:
     return rc;
 }
 
-static int do_unregister(uint64_t handle) {
+static int do_unregister(uint64_t handle, int leave) {
     struct mp_range *r;
     int rc = 0;
     spin_lock(&table_lock);
@@ -1056,8 +1056,8 @@ static int do_unregister(uint64_t handle) {
      * after the range stops being tracked, except one already on its way
      * (it finds the range retired and is retried once). Memory that is no
      * longer the tracked mapping is left as it is. */
-    if (check_span(r, r->start, r->end, 0) < 0) {
-        rc = -ENXIO;
+    if (leave || check_span(r, r->start, r->end, 0) < 0) {
+        rc = leave ? 0 : -ENXIO;
     } else if (mprotect((void *)(uintptr_t)r->start, r->end - r->start,
                         PROT_READ | PROT_WRITE) < 0) {
         /* unmapped under the tracker (nothing left to do), or the map count:
@@ -1341,11 +1341,11 @@ int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t *handle) {
     return rc;
 }
 
-int pagescan_mp_unregister(uint64_t handle) {
+int pagescan_mp_unregister(uint64_t handle, int leave) {
     sigset_t old;
     int rc;
     block_async(&old);
-    rc = do_unregister(handle);
+    rc = do_unregister(handle, leave);
     unblock_async(&old);
     return rc;
 }

@@ -49,8 +49,10 @@ int pagescan_mp_installed(void);
  * alone. -ENOMEM: not entirely mapped; -EEXIST: overlaps a tracked range;
  * -ENOSPC: the table is full. On success *handle names the range. */
 int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t *handle);
-/* Stop tracking: PROT_READ|PROT_WRITE back on the whole range, then retire it. */
-int pagescan_mp_unregister(uint64_t handle);
+/* Stop tracking: PROT_READ|PROT_WRITE back on the whole range (not with
+ * `leave`: the caller found it is no longer the tracked mapping), then retire
+ * it. -ENXIO: retired, protection left alone (pagescan_mp_checks). */
+int pagescan_mp_unregister(uint64_t handle, int leave);
 
 /* Reset (arm) [start, end), a part of the range: every DIRTY page goes back to
  * PROT_READ and CLEAN. Returns how many pages could not be re-protected (left

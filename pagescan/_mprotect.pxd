@@ -18,7 +18,7 @@ cdef extern from "_mprotect.h" nogil:
     int pagescan_mp_install()
     int pagescan_mp_installed()
     int pagescan_mp_register(uint64_t start, uint64_t end, uint64_t* handle)
-    int pagescan_mp_unregister(uint64_t handle)
+    int pagescan_mp_unregister(uint64_t handle, int leave)
     int64_t pagescan_mp_arm(uint64_t handle, uint64_t start, uint64_t end)
     int pagescan_mp_snapshot(uint64_t handle, uint64_t start, uint64_t end, uint8_t* out,
                              int* exact)

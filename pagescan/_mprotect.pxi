@@ -45,12 +45,14 @@ def mp_register(start, end):
     return handle
 
 
-def mp_unregister(handle):
-    """PROT_READ|PROT_WRITE back on the whole range, then stop tracking it."""
+def mp_unregister(handle, bint leave=False):
+    """PROT_READ|PROT_WRITE back on the whole range (not with ``leave``: it is no
+    longer the tracked mapping), then stop tracking it."""
     cdef uint64_t h = u64_arg(handle, "handle")
     cdef int r
+    cdef int lv = leave
     with nogil:
-        r = pagescan_mp_unregister(h)
+        r = pagescan_mp_unregister(h, lv)
     if r < 0:
         raise _oserror(-r, "mprotect tracker: unregister")
 

@@ -147,8 +147,10 @@ class WriteTrap(abc.ABC):
         protection unchanged. Returns the handle."""
 
     @abc.abstractmethod
-    def unregister(self, handle: int) -> None:
-        """PROT_READ|PROT_WRITE back on the whole range, then forget it."""
+    def unregister(self, handle: int, leave: bool = False) -> None:
+        """PROT_READ|PROT_WRITE back on the whole range, then forget it; with
+        ``leave`` (the caller found it is no longer the mapping it registered)
+        the protection is left alone."""
 
     @abc.abstractmethod
     def arm(self, handle: int, start: int, end: int) -> int:
@@ -446,8 +448,8 @@ class LinuxWriteTrap(WriteTrap):
     def register(self, start: int, end: int) -> int:
         return int(self._c.mp_register(start, end))
 
-    def unregister(self, handle: int) -> None:
-        self._c.mp_unregister(handle)
+    def unregister(self, handle: int, leave: bool = False) -> None:
+        self._c.mp_unregister(handle, leave)
 
     def arm(self, handle: int, start: int, end: int) -> int:
         return int(self._c.mp_arm(handle, start, end))

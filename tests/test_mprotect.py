@@ -466,12 +466,21 @@ def replaced():
     r.close()
 
 
+def need_procmap_query() -> None:
+    """collect/written/mark_written and the handler check only where the kernel has
+    PROCMAP_QUERY (Linux 6.11+); before, only reset() does (tested below)."""
+    require(core().mp_checks(), "the kernel has no PROCMAP_QUERY (Linux 6.11+): only "
+            "reset() checks the tracked mapping")
+
+
 @pytest.mark.parametrize("call", ["reset", "collect", "written", "mark_written"])
 def test_a_mapping_replaced_by_an_executable_one_is_left_alone(replaced, call):
     """munmap + mmap(PROT_READ|PROT_EXEC) at the tracked address: every call raises
     RangeError and the new mapping keeps its r-x (a reset would make it r--, a
     collect the written page r--, mark_written rw-)."""
     r = replaced
+    if call != "reset":
+        need_procmap_query()
     r.replace(PROT_READ | PROT_EXEC)
     do = {"reset": r.tracker.reset, "collect": r.tracker.collect,
           "written": r.tracker.written,
@@ -485,6 +494,7 @@ def test_a_mapping_replaced_by_an_executable_one_is_left_alone(replaced, call):
 
 
 def test_mmap_fixed_replacing_the_tracked_range_is_seen_too(replaced):
+    need_procmap_query()
     replaced.replace(PROT_READ | PROT_EXEC, unmap=False)     # MAP_FIXED replaces in one call
     with pytest.raises(RangeError, match="no longer the tracked mapping"):
         replaced.tracker.collect()
@@ -494,6 +504,7 @@ def test_mmap_fixed_replacing_the_tracked_range_is_seen_too(replaced):
 def test_a_mapping_replaced_by_a_file_mapping_is_left_alone(replaced, tmp_path):
     """A read-write private file mapping has a protection the tracker sets, but it is
     another mapping (a file, not anonymous memory): RangeError, still rw-."""
+    need_procmap_query()
     r = replaced
     r.replace(PROT_READ | PROT_WRITE, r.file(tmp_path, "a"))
     for call in (r.tracker.reset, r.tracker.collect, r.tracker.written):
@@ -547,7 +558,7 @@ def test_a_new_anonymous_rw_mapping_is_indistinguishable(replaced):
 
 def test_the_check_costs_no_maps_read_where_procmap_query_works():
     p = pagescan.probe("mprotect")
-    require(core().mp_checks(), "this kernel has no PROCMAP_QUERY (Linux 6.11+)")
+    need_procmap_query()
     mem = pagescan.allocate(4 * PS)
     with track(mem) as t:
         assert t._backend._trap_checks
@@ -572,6 +583,8 @@ def test_without_procmap_query_reset_compares_the_maps(replaced):
         with pytest.raises(RangeError, match=r"no longer the tracked mapping.*r-xp"):
             r.tracker.reset()
         assert perms(r.addr, r.end) == {"r-x"}
+        r.tracker.close()                            # compares the maps too: left alone
+        assert perms(r.addr, r.end) == {"r-x"}
     finally:
         core().mp_set_checks(True)
 
@@ -581,6 +594,7 @@ def test_a_range_split_in_many_mappings_is_checked_quickly_by_written():
     in four ioctls: the ends, and no executable or file VMA inside. An r-x mapping
     in the middle is seen by written(); a PROT_NONE page in the middle only by a
     call that would change its protection (collect, reset): never changed."""
+    need_procmap_query()
     mem = pagescan.allocate(64 * PS)
     addr = mem.address
     arr = np.frombuffer(mem, dtype=np.uint8)
@@ -614,7 +628,7 @@ def test_the_maps_descriptor_closed_by_other_code_is_opened_again(replaced):
     import gc
 
     from pagescan.kernel import LinuxKernel
-    require(core().mp_checks(), "this kernel has no PROCMAP_QUERY (Linux 6.11+)")
+    need_procmap_query()
     others = {fd for k in gc.get_objects() if isinstance(k, LinuxKernel)
               for fd in getattr(k, "_fds", {}).values()}
     ours = []
@@ -643,6 +657,7 @@ def test_a_write_to_a_replacing_mapping_is_not_made_writable():
     with SEGV_ACCERR in a tracked range. It is passed on (here: the default action,
     the end of the process), never unprotected: without pagescan it would end the
     process too."""
+    need_procmap_query()
     code = """
         import ctypes, mmap, sys
         import pagescan

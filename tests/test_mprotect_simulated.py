@@ -348,6 +348,7 @@ def test_without_procmap_query_only_reset_checks(sim):
             t.reset()
         assert in_range(sim, a, a + 16 * P) == [(0, 16, "r-x")]
         assert len(t.written()) == 0                    # not checked: the gap
+    assert in_range(sim, a, a + 16 * P) == [(0, 16, "r-x")]    # close() compared too
 
 
 def test_kernel_write_fails_with_efault(sim):

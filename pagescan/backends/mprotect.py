@@ -102,9 +102,10 @@ Limits, each tested in tests/test_mprotect.py:
   would change its protection. Cannot be told apart: new anonymous private
   PROT_READ or PROT_READ|PROT_WRITE memory at the same address (no anon_vma in
   what the kernel shows), or the same file at the same offset; a replacement
-  racing the check. Without PROCMAP_QUERY only ``reset`` checks, reading
-  ``/proc/self/maps`` (~0.5-1.5 ms); ``written``/``collect`` and the handler do
-  not. Do not unmap tracked memory while it is tracked.
+  racing the check. Without PROCMAP_QUERY only ``reset`` and ``close`` check,
+  reading ``/proc/self/maps`` (~0.5-1.5 ms); ``written``/``collect`` and the
+  handler do not (checked on Debian 6.1 in the qemu lane: ENOTTY, the
+  fallback). Do not unmap tracked memory while it is tracked.
 
 Only the calling process's memory can be tracked.
 
@@ -235,7 +236,7 @@ class MprotectBackend(Backend):
                "memory are not seen",
                "tracked memory unmapped, replaced or made PROT_NONE/PROT_EXEC: RangeError, "
                "its protection left alone (checked with PROCMAP_QUERY, Linux 6.11+; before "
-               "6.11 only reset() checks); new anonymous rw memory at the same address "
+               "6.11 only reset() and close() check); new anonymous rw memory at the same address "
                "cannot be told apart",
                "each first write to a page costs a SIGSEGV round trip",
                "memory must be rw- (not executable); close() leaves it PROT_READ|PROT_WRITE",
@@ -297,6 +298,7 @@ class MprotectBackend(Backend):
         #: what the range was at register (for kernels where the trap cannot check)
         self._identity: list[_Part] | None = None
         self._trap_checks = False
+        self._range: tuple[int, int] | None = None
         try:
             if not self.kernel.is_self:
                 raise ValueError("the mprotect backend tracks only the calling process's "
@@ -397,6 +399,7 @@ class MprotectBackend(Backend):
                 raise self._error(err, start, end) from err
         self._handle = handle
         self._trap_checks = checks
+        self._range = (start, end)
         try:
             self._reset(start, end, verify=False)
         except BaseException:
@@ -411,9 +414,17 @@ class MprotectBackend(Backend):
             handle, self._handle = self._handle, None
             if handle is None or self._trap.owner() != self._owner:
                 return
+            # where the trap cannot check (before 6.11), the maps tell whether the
+            # range is still the tracked mapping (else its protection is left alone)
+            leave = False
+            if not self._trap_checks and self._range is not None:
+                try:
+                    self._verify(*self._range)
+                except RangeError:
+                    leave = True
             with _table_lock:
                 try:
-                    self._trap.unregister(handle)
+                    self._trap.unregister(handle, leave)
                 except OSError as err:
                     # ENOMEM: unmapped under the tracker (nothing left to protect);
                     # ENXIO: no longer the tracked mapping (left alone); ESTALE:

@@ -435,9 +435,11 @@ class SimWriteTrap(WriteTrap):
         self._ranges[free] = r
         return r.handle
 
-    def unregister(self, handle: int) -> None:
+    def unregister(self, handle: int, leave: bool = False) -> None:
         r = self._lookup(handle)
-        if not self._ours(r, r.start, r.end):
+        if leave:
+            rc = 0
+        elif not self._ours(r, r.start, r.end):
             rc = errno.ENXIO                # left as it is
         else:
             rc = self._mprotect(r.start, r.end - r.start, PROT_READ | PROT_WRITE)
