@@ -142,7 +142,9 @@ cdef class RegionArray:
 
     Exposes the buffer protocol as a read-only ``(n, 3)`` uint64 array, so
     ``numpy.asarray(regions)`` and ``memoryview(regions)`` share its memory.
-    Iterates as :class:`PageRegion`.
+    Iterates as :class:`PageRegion`, ``categories`` a :class:`Category`. Values
+    given (``RegionArray(regions)``, :meth:`append`) are ints in ``[0, 2**64)``:
+    TypeError or ValueError naming the field otherwise. Pickles and copies.
     """
 
     cdef uint64_t* data

@@ -32,7 +32,10 @@ IMPLEMENTATION = "python"
 class RegionArray:
     """Regions laid out as ``struct page_region`` (three u64 each: start, end, categories).
 
-    Iterates as :class:`PageRegion`. The pure-Python twin of the compiled class:
+    Iterates as :class:`PageRegion`, ``categories`` a :class:`Category`. Values
+    given (``RegionArray(regions)``, :meth:`append`) are ints in ``[0, 2**64)``:
+    TypeError or ValueError naming the field otherwise. Pickles and copies.
+    The pure-Python twin of the compiled class:
     numpy sees it through ``__array_interface__`` (no copy); on Python 3.12+
     ``memoryview()`` works too. On 3.11 use :meth:`memoryview`.
     """

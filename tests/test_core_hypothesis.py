@@ -11,8 +11,10 @@ not built, except under CI, where that is an error.
 from __future__ import annotations
 
 import array
+import functools
 import itertools
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -386,3 +388,43 @@ def test_unlimited_scan_covers_exactly_the_matching_pages(cats, masks):
     for (_s1, e1, c1), (s2, _e2, c2) in itertools.pairwise(rs):
         assert e1 <= s2
         assert e1 < s2 or c1 != c2
+
+
+# ------------------------------------- region values, pickling (issue 12, 16 and 18)
+
+u64s = st.one_of(st.integers(0, U64_MAX), st.sampled_from([0, 1, 0x1FF, 1 << 63, U64_MAX]))
+region_values = st.one_of(
+    u64s,
+    u64s.map(np.uint64),
+    st.integers(-(1 << 70), -1),                    # ValueError
+    st.integers(1 << 64, 1 << 70),                  # ValueError
+    st.floats(allow_nan=True, allow_infinity=True),  # TypeError
+    st.booleans(),                                  # TypeError
+)
+
+
+@settings(common, max_examples=scaled(60, 300))
+@given(st.lists(st.tuples(region_values, region_values, region_values), max_size=6))
+def test_regions_accepted_and_refused_alike(rows):
+    """RegionArray(), append() and coalesce() of both cores accept exactly the same
+    values (ints in [0, 2**64), numpy ints), refuse the rest with the same
+    exception and message, and the result pickles back equal."""
+    def outcome(make):
+        try:
+            ra = make()
+        except (TypeError, ValueError) as e:
+            return type(e), str(e)
+        got = [tuple(r) for r in ra]
+        assert all(type(r.categories).__name__ == "Category" for r in ra)
+        ra2 = pickle.loads(pickle.dumps(ra, pickle.HIGHEST_PROTOCOL))
+        assert [tuple(r) for r in ra2] == got and np.asarray(ra2).shape == (len(got), 3)
+        return got
+
+    def appended(m):
+        ra = m.RegionArray()
+        for r in rows:
+            ra.append(*r)
+        return ra
+
+    for make in (lambda m: m.RegionArray(rows), appended, lambda m: m.coalesce(rows)):
+        assert outcome(functools.partial(make, core)) == outcome(functools.partial(make, ref))
