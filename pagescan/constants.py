@@ -120,6 +120,19 @@ PM_SCAN_ARG_SIZE: int = 96
 #: ``sizeof(struct page_region)``: start, end, categories
 PAGE_REGION_SIZE: int = 24
 
+# -- PROCMAP_QUERY (ioctl on /proc/PID/maps, Linux 6.11+) -------------------------------
+
+#: ``_IOWR('f', 17, struct procmap_query)``
+PROCMAP_QUERY: int = 0xC0686611
+#: ``sizeof(struct procmap_query)``
+PROCMAP_QUERY_SIZE: int = 104
+PROCMAP_QUERY_VMA_READABLE: int = 0x01
+PROCMAP_QUERY_VMA_WRITABLE: int = 0x02
+PROCMAP_QUERY_VMA_EXECUTABLE: int = 0x04
+PROCMAP_QUERY_VMA_SHARED: int = 0x08
+PROCMAP_QUERY_COVERING_OR_NEXT_VMA: int = 0x10
+PROCMAP_QUERY_FILE_BACKED_VMA: int = 0x20
+
 # -- userfaultfd ------------------------------------------------------------------------
 
 UFFD_API: int = 0xAA

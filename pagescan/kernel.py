@@ -23,10 +23,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import fcntl
 import functools
 import mmap
 import os
 import platform
+import struct
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -34,6 +36,9 @@ from . import procfs
 from ._impl import IMPLEMENTATION, impl
 from ._sysinfo import has_capability, sysctl
 from ._types import ALL_CATEGORIES, Category, Masks, ScanResult
+from .constants import (PROCMAP_QUERY, PROCMAP_QUERY_COVERING_OR_NEXT_VMA, PROCMAP_QUERY_SIZE,
+                        PROCMAP_QUERY_VMA_EXECUTABLE, PROCMAP_QUERY_VMA_READABLE,
+                        PROCMAP_QUERY_VMA_SHARED, PROCMAP_QUERY_VMA_WRITABLE)
 from .errors import KernelError, NoSuchProcess, PagescanError
 from .procfs import Mapping
 
@@ -248,6 +253,12 @@ class Kernel(abc.ABC):
     @abc.abstractmethod
     def maps(self) -> list[Mapping]:
         """The mappings of the process (``/proc/PID/maps``)."""
+
+    def mappings_in(self, start: int, end: int) -> list[Mapping]:
+        """The mappings that overlap ``[start, end)`` (paths may be left empty where
+        the kernel answers without them). A kernel may answer this more cheaply than
+        :meth:`maps` (Linux 6.11+: PROCMAP_QUERY, no text to generate and parse)."""
+        return [m for m in self.maps() if m.start < end and start < m.end]
 
     @abc.abstractmethod
     def alive(self) -> bool:
@@ -492,6 +503,10 @@ class LinuxWriteTrap(WriteTrap):
 _LINUX_TRAP: list[LinuxWriteTrap] = []
 
 
+#: set once PROCMAP_QUERY was refused (a kernel before 6.11): ask /proc text instead
+_PROCMAP_QUERY_MISSING: list[bool] = []
+
+
 class LinuxKernel(Kernel):
     """The running Linux kernel, for process ``pid`` (None: the calling process).
 
@@ -569,6 +584,50 @@ class LinuxKernel(Kernel):
 
     def maps(self) -> list[Mapping]:
         return procfs.read_maps_fd(self._fd("maps"), self.pid)
+
+    def mappings_in(self, start: int, end: int) -> list[Mapping]:
+        if not _PROCMAP_QUERY_MISSING:
+            try:
+                return self._query_mappings(start, end)
+            except OSError as err:
+                if err.errno not in (errno.ENOTTY, errno.EINVAL):   # before 6.11
+                    raise procfs.proc_error(err, self.pid,
+                                            f"querying /proc/{self.pid}/maps") from err
+                _PROCMAP_QUERY_MISSING.append(True)
+        try:
+            text = procfs.read_fd(self._fd("maps"))
+        except OSError as err:
+            raise procfs.proc_error(err, self.pid, f"reading /proc/{self.pid}/maps") from err
+        return procfs.parse_maps_in(text, start, end)
+
+    def _query_mappings(self, start: int, end: int) -> list[Mapping]:
+        """PROCMAP_QUERY, one ioctl per mapping (no path: ``path`` is ``""``)."""
+        fd = self._fd("maps")
+        out: list[Mapping] = []
+        addr = start
+        q = bytearray(PROCMAP_QUERY_SIZE)
+        while addr < end:
+            struct.pack_into("<QQQ", q, 0, PROCMAP_QUERY_SIZE,
+                             PROCMAP_QUERY_COVERING_OR_NEXT_VMA, addr)
+            q[24:] = bytes(PROCMAP_QUERY_SIZE - 24)
+            try:
+                fcntl.ioctl(fd, PROCMAP_QUERY, q)
+            except OSError as err:
+                if err.errno == errno.ENOENT:        # no mapping at or after addr
+                    break
+                raise
+            (lo, hi, flags, _psize, offset, inode,
+             major, minor) = struct.unpack_from("<QQQQQQII", q, 24)
+            if lo >= end:
+                break
+            perms = "".join((
+                "r" if flags & PROCMAP_QUERY_VMA_READABLE else "-",
+                "w" if flags & PROCMAP_QUERY_VMA_WRITABLE else "-",
+                "x" if flags & PROCMAP_QUERY_VMA_EXECUTABLE else "-",
+                "s" if flags & PROCMAP_QUERY_VMA_SHARED else "p"))
+            out.append(Mapping(lo, hi, perms, offset, f"{major:02x}:{minor:02x}", inode))
+            addr = hi
+        return out
 
     def alive(self) -> bool:
         return self._self or procfs.alive(self.pid)

@@ -23,8 +23,8 @@ from .errors import AccessDenied, KernelError, NoSuchProcess, PagescanError
 
 __all__ = [
     "Mapping", "alive", "has_capability", "kernel_config", "map_count", "open_pagemap",
-    "open_proc", "owner_uid", "parse_maps", "pfnmap_starts", "proc_error", "process_name",
-    "read_fd", "read_maps", "read_maps_fd", "read_status", "sysctl", "thp_settings",
+    "open_proc", "owner_uid", "parse_maps", "parse_maps_in", "pfnmap_starts", "proc_error",
+    "process_name", "read_fd", "read_maps", "read_maps_fd", "read_status", "sysctl", "thp_settings",
 ]
 
 #: ``pid`` may be an int or ``"self"``
@@ -99,6 +99,24 @@ def parse_maps(text: str | bytes) -> list[Mapping]:
                            fields[3], int(fields[4]),
                            fields[5].strip() if len(fields) > 5 else ""))
     return out
+
+
+def parse_maps_in(text: str | bytes, start: int, end: int) -> list[Mapping]:
+    """The mappings of a ``/proc/PID/maps`` text that overlap ``[start, end)``: only
+    those lines are parsed (the lines are in address order)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    lines = []
+    for line in text.splitlines():
+        lo, _, rest = line.partition("-")
+        sp = rest.find(" ")
+        if sp < 0:
+            continue
+        if int(lo, 16) >= end:
+            break
+        if int(rest[:sp], 16) > start:
+            lines.append(line)
+    return parse_maps("\n".join(lines))
 
 
 # ---------------------------------------------------------------------- errors

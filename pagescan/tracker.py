@@ -48,7 +48,7 @@ def _warn_shared(backend: Backend, start: int, end: int, whole: bool) -> None:
     if kernel is None:
         return
     try:
-        maps = kernel.maps()
+        maps = kernel.maps() if whole else kernel.mappings_in(start, end)
     except OSError:
         return
     shared = [m for m in maps if m.shared and m.start < end and start < m.end

@@ -105,3 +105,46 @@ def test_status_and_name():
 def test_thp_settings_are_one_word():
     s = procfs.thp_settings()
     assert s["enabled"] in (None, "always", "madvise", "never")
+
+
+def _key(m):
+    return (m.start, m.end, m.perms, m.offset, m.inode)
+
+
+@pytest.mark.parametrize("procmap_query", [True, False])
+def test_mappings_in_equals_the_maps_that_overlap(monkeypatch, procmap_query):
+    """LinuxKernel.mappings_in (PROCMAP_QUERY on 6.11+, else the maps text parsed
+    only where it overlaps) gives what maps() gives for the range, paths aside."""
+    import mmap
+
+    import pagescan
+    from pagescan import kernel as kmod
+    from pagescan._impl import impl
+
+    if not procmap_query:
+        monkeypatch.setattr(kmod, "_PROCMAP_QUERY_MISSING", [True])
+    k = kmod.LinuxKernel()
+    try:
+        priv = pagescan.allocate(16 * pagescan.PAGE_SIZE)
+        shared = mmap.mmap(-1, 4 * pagescan.PAGE_SIZE)
+        a = impl.buffer_address(shared)[0]
+        ranges = [(priv.address, priv.address + 16 * pagescan.PAGE_SIZE), (a, a + 4096),
+                  (min(a, priv.address), max(a, priv.address) + (1 << 20)), (0, 4096)]
+        for lo, hi in ranges:
+            want = [_key(m) for m in k.maps() if m.start < hi and lo < m.end]
+            assert [_key(m) for m in k.mappings_in(lo, hi)] == want
+        assert [m.shared for m in k.mappings_in(a, a + 4096)] == [True]
+        priv.close()
+        shared.close()
+    finally:
+        k.close()
+
+
+def test_parse_maps_in_parses_only_the_overlap():
+    text = ("1000-2000 rw-p 00000000 00:00 0\n"
+            "2000-3000 r--s 00001000 08:01 12 /f\n"
+            "5000-6000 rw-p 00000000 00:00 0 [heap]\n")
+    assert [(m.start, m.end) for m in procfs.parse_maps_in(text, 0x1800, 0x5001)] == [
+        (0x1000, 0x2000), (0x2000, 0x3000), (0x5000, 0x6000)]
+    assert procfs.parse_maps_in(text, 0x3000, 0x5000) == []
+    assert procfs.parse_maps_in(text, 0x2000, 0x2001)[0].path == "/f"
