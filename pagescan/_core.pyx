@@ -383,137 +383,69 @@ cdef struct Filter:
     int64_t max_regions     # -1: no limit
 
 
-cdef struct Test:
-    # With x = c ^ inverted, "(x & mask) == mask" is "(c & sel) == want" with
-    # sel = mask|HOLE and want = mask & ~inverted (a HOLE never matches), and the
-    # anyof test "x & anyof != 0" is "(c & anyof) != anyof_val". A page extends
-    # the open region with categories o iff it matches and c & ret == o, i.e.
-    # (c & (sel|ret)) == (want|o) (where sel and ret overlap, the region's first
-    # page already agreed with want).
-    uint64_t sel, want, anyof, anyof_val, ext_sel
-
-
-# scan_run is compiled twice per item size: with the anyof test, and without it
-# (anyof == 0, the common case), where the 8-page loops are a plain masked compare
-# that the compiler vectorises fully (2-3x faster on long runs and gaps).
-cdef struct WithAnyof:
-    char unused
-cdef struct NoAnyof:
-    char unused
-
-ctypedef fused anyof_t:
-    WithAnyof
-    NoAnyof
-
-
-cdef inline bint matches(uint64_t c, const Test* t, const anyof_t* a) noexcept nogil:
-    if anyof_t is NoAnyof:
-        return (c & t.sel) == t.want
-    else:
-        return ((c & t.sel) == t.want) & ((t.anyof == 0) | ((c & t.anyof) != t.anyof_val))
-
-
-cdef inline bint extends(uint64_t c, uint64_t key, const Test* t,
-                         const anyof_t* a) noexcept nogil:
-    if anyof_t is NoAnyof:
-        return (c & t.ext_sel) == key
-    else:
-        return ((c & t.ext_sel) == key) & ((t.anyof == 0) | ((c & t.anyof) != t.anyof_val))
+cdef extern from "_scan.h":
+    # the run loop, in C (pagescan/_scan.h): per item size, with and without anyof
+    int pagescan_scan_u64_any(const uint64_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                              uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                              Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u64(const uint64_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                          uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                          Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u32_any(const uint32_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                              uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                              Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u32(const uint32_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                          uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                          Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u16_any(const uint16_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                              uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                              Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u16(const uint16_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                          uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                          Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u8_any(const uint8_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                             uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                             Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    int pagescan_scan_u8(const uint8_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
+                         uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
+                         Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
 
 
 cdef int scan_run(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,
                   const Filter* f, uint64_t** data, Py_ssize_t* nreg, Py_ssize_t* cap,
                   uint64_t* walk_end) noexcept nogil:
-    """scan_runs() compiled for the masks: without the anyof test when anyof is 0."""
-    cdef const WithAnyof* with_anyof = NULL
-    cdef const NoAnyof* no_anyof = NULL
-    if f.anyof:
-        return scan_runs(cats, n, start, ps, f, data, nreg, cap, walk_end, with_anyof)
-    return scan_runs(cats, n, start, ps, f, data, nreg, cap, walk_end, no_anyof)
-
-
-cdef int scan_runs(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,
-                   const Filter* f, uint64_t** data, Py_ssize_t* nreg, Py_ssize_t* cap,
-                   uint64_t* walk_end, const anyof_t* a) noexcept nogil:
-    """The kernel's filter/merge/stop rules over ``n`` pages; -1 on ENOMEM.
-
-    Run at a time: skip non-matching pages, then extend the region while pages
-    continue it; long gaps and long runs are tested 8 pages per step with a
-    branch-free body the compiler vectorises. A region is written once, when
-    its run ends; max_pages just shortens a run. ``*walk_end`` is left alone on
-    normal completion (the caller set it to end).
-    """
-    cdef Test t
-    cdef Py_ssize_t i = 0, j, limit, first, q
-    cdef Py_ssize_t k = nreg[0], kcap = cap[0]
-    cdef uint64_t o, key, found = 0, max_pages = f.max_pages
-    cdef int64_t max_regions = f.max_regions
-    cdef bint hit
-    cdef uint64_t* d = data[0]
-    t.sel = f.mask | ((<uint64_t>1) << HOLE_BIT if cat_t is uint64_t else 0)
-    t.want = f.mask & ~f.inverted
-    t.anyof = f.anyof
-    t.anyof_val = f.inverted & f.anyof
-    t.ext_sel = t.sel | f.ret
-    while i < n:
-        if not matches(cats[i], &t, a):           # skip the gap before the next match
-            i += 1
-            first = i + 8 if n - i > 8 else n
-            while i < first and not matches(cats[i], &t, a):   # short gaps: page by page
-                i += 1
-            while i == first and i + 8 <= n:                # a long gap: 8 at a time
-                hit = False
-                for q in range(8):
-                    hit |= matches(cats[i + q], &t, a)
-                if hit:
-                    break
-                i += 8
-                first = i
-            while i < n and not matches(cats[i], &t, a):
-                i += 1
-            if i >= n:
-                break
-        # page i matches and starts a new region
-        if max_pages != 0 and found == max_pages:
-            walk_end[0] = start + <uint64_t>i * ps
-            break
-        if max_regions >= 0 and k == max_regions:
-            walk_end[0] = start + <uint64_t>i * ps
-            break
-        o = cats[i] & f.ret
-        key = t.want | o
-        limit = n
-        if max_pages != 0 and <uint64_t>(n - i) > max_pages - found:
-            limit = i + <Py_ssize_t>(max_pages - found)
-        j = i + 1
-        first = j + 8 if limit - j > 8 else limit
-        while j < first and extends(cats[j], key, &t, a):    # short runs: page by page
-            j += 1
-        if j == first:                                    # a long run: 8 at a time
-            while j + 8 <= limit:
-                hit = True
-                for q in range(8):
-                    hit &= extends(cats[j + q], key, &t, a)
-                if not hit:
-                    break
-                j += 8
-            while j < limit and extends(cats[j], key, &t, a):
-                j += 1
-        if k >= kcap:
-            data[0] = d
-            if grow_regions(data, cap, k + 1) < 0:
-                nreg[0] = k
-                return -1
-            d = data[0]
-            kcap = cap[0]
-        d[3 * k] = start + <uint64_t>i * ps
-        d[3 * k + 1] = start + <uint64_t>j * ps
-        d[3 * k + 2] = o
-        k += 1
-        found += <uint64_t>(j - i)
-        i = j
-    nreg[0] = k
-    return 0
+    """The kernel's filter/merge/stop rules over ``n`` pages (pagescan/_scan.h);
+    -1 on ENOMEM. Regions are appended to ``*data`` from ``*nreg``, growing it
+    past ``*cap`` (a caller passing max_regions <= *cap never sees it move).
+    ``*walk_end`` is left alone on normal completion (the caller set it to end)."""
+    if cat_t is uint64_t:
+        if f.anyof:
+            return pagescan_scan_u64_any(cats, n, start, ps, f.inverted, f.mask, f.anyof,
+                                         f.ret, f.max_pages, f.max_regions, data, nreg,
+                                         cap, walk_end)
+        return pagescan_scan_u64(cats, n, start, ps, f.inverted, f.mask, 0, f.ret,
+                                 f.max_pages, f.max_regions, data, nreg, cap, walk_end)
+    elif cat_t is uint32_t:
+        if f.anyof:
+            return pagescan_scan_u32_any(cats, n, start, ps, f.inverted, f.mask, f.anyof,
+                                         f.ret, f.max_pages, f.max_regions, data, nreg,
+                                         cap, walk_end)
+        return pagescan_scan_u32(cats, n, start, ps, f.inverted, f.mask, 0, f.ret,
+                                 f.max_pages, f.max_regions, data, nreg, cap, walk_end)
+    elif cat_t is uint16_t:
+        if f.anyof:
+            return pagescan_scan_u16_any(cats, n, start, ps, f.inverted, f.mask, f.anyof,
+                                         f.ret, f.max_pages, f.max_regions, data, nreg,
+                                         cap, walk_end)
+        return pagescan_scan_u16(cats, n, start, ps, f.inverted, f.mask, 0, f.ret,
+                                 f.max_pages, f.max_regions, data, nreg, cap, walk_end)
+    else:
+        if f.anyof:
+            return pagescan_scan_u8_any(cats, n, start, ps, f.inverted, f.mask, f.anyof,
+                                        f.ret, f.max_pages, f.max_regions, data, nreg,
+                                        cap, walk_end)
+        return pagescan_scan_u8(cats, n, start, ps, f.inverted, f.mask, 0, f.ret,
+                                f.max_pages, f.max_regions, data, nreg, cap, walk_end)
 
 
 cdef object _DEFAULT_MASKS = Masks()
