@@ -362,6 +362,12 @@ class Tracker:
             backend = self._enter()
             try:
                 if out is not None:
+                    into = getattr(backend, "scan_into", None)
+                    result = None if into is None else into(
+                        self.start, self.end, WRITTEN_MASKS, out, max_pages=max_pages,
+                        reset=reset)
+                    if result is not None:
+                        return result
                     return self._scan_into(backend, self.start, self.end, WRITTEN_MASKS,
                                            max_pages, None, reset, out)
                 return backend.scan(self.start, self.end, WRITTEN_MASKS,

@@ -234,11 +234,13 @@ class UffdBackend(Backend):
             raise self._error(err, start, end) from err
         # as scan(): a hole reads as "nothing written"; checked when nothing was found
         # or an unfiltered scan left gaps
-        count = result.nregions
-        ps = self.kernel.page_size
-        if not count or (not (masks.mask or masks.anyof)
-                         and _pages(out, count, ps) * ps < result.walk_end - start):
+        count = result[0]
+        if not count:
             self._check_mapped(start, end)
+        elif not (masks.mask or masks.anyof):
+            ps = self.kernel.page_size
+            if _pages(out, count, ps) * ps < result[1] - start:
+                self._check_mapped(start, end)
         return result
 
     def _check_mapped(self, start: int, end: int) -> None:
