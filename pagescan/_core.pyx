@@ -653,6 +653,7 @@ def copy_regions(regions, out):
     ob.acquire(out)
     cdef Py_ssize_t k = 0, nr = len(regions)
     cdef RegionArray src
+    cdef uint64_t v[3]
     if nr > ob.cap:
         raise ValueError(f"{nr} regions do not fit in out (capacity {ob.cap})")
     if isinstance(regions, RegionArray):
@@ -662,7 +663,9 @@ def copy_regions(regions, out):
         k = nr
     else:
         for r in regions:
-            ob.data[3 * k], ob.data[3 * k + 1], ob.data[3 * k + 2] = r
+            if not fast_region(r, v):       # the shared checks: no float truncated
+                v[0], v[1], v[2] = check_region(r, f"regions[{k}]")
+            ob.data[3 * k], ob.data[3 * k + 1], ob.data[3 * k + 2] = v[0], v[1], v[2]
             k += 1
     ob.set_count(k)
     return k

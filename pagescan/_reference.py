@@ -240,7 +240,8 @@ def copy_regions(regions: Any, out: Any) -> int:
     rows = list(regions)
     if len(rows) > cap:
         raise ValueError(f"{len(rows)} regions do not fit in out (capacity {cap})")
-    flat = array.array("Q", [v for r in rows for v in r])
+    flat = array.array("Q", [v for i, r in enumerate(rows)
+                             for v in check_region(r, f"regions[{i}]")])
     if isinstance(out, RegionArray):
         out._data[:] = flat
     elif rows:                              # (a view with a 0 in its shape cannot cast)

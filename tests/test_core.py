@@ -1582,3 +1582,20 @@ def test_kernel_primitive_int_arguments_accepted(core):
     finally:
         del addr
         m.close()
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    ((4096.7, 8192, 2), TypeError, "regions[1] start must be an int, not float"),
+    ((0, 8192, True), TypeError, "regions[1] categories must be an int, not bool"),
+    ((0, -1, 2), ValueError, "regions[1] end must be >= 0; got -1"),
+    ((0, 1 << 64, 2), ValueError, "regions[1] end must be <= "),
+])
+def test_copy_regions_checks_values(impl, bad, exc, msg):
+    """copy_regions (scan_pages(out=)'s copy) truncated floats in the compiled core."""
+    out = impl.RegionArray.empty(4)
+    with pytest.raises(exc) as info:
+        impl.copy_regions([(0, PS, W), bad], out)
+    assert str(info.value).startswith(msg)
+    assert len(out) == 0
+    assert impl.copy_regions([(0, PS, np.uint64(W)), (PS, 2 * PS, Category.PRESENT)], out) == 2
+    assert [tuple(r) for r in out] == [(0, PS, W), (PS, 2 * PS, P)]
