@@ -675,7 +675,7 @@ def copy_regions(regions, out):
 
 
 def pagemap_to_categories(entries, *, wpallowed=False, none_written=False, zero_pfn=None,
-                          out=None):
+                          out=None, soft_dirty_written=False):
     """Categories derived from raw ``/proc/PID/pagemap`` entries (KERNEL-SPEC §7).
 
     See ``pagescan._reference.pagemap_to_categories`` for the rules.
@@ -697,6 +697,7 @@ def pagemap_to_categories(entries, *, wpallowed=False, none_written=False, zero_
     cdef uint64_t base = kernel.PAGE_IS_WPALLOWED if wpallowed else 0
     cdef uint64_t none_cat = base | (kernel.PAGE_IS_WRITTEN if none_written else 0)
     cdef uint64_t e, c
+    cdef bint sdw = bool(soft_dirty_written)
     cdef Py_buffer src, dst
     PyObject_GetBuffer(mv, &src, PyBUF_ANY_CONTIGUOUS)
     try:
@@ -727,6 +728,9 @@ def pagemap_to_categories(entries, *, wpallowed=False, none_written=False, zero_
                     c |= kernel.PAGE_IS_GUARD
                 if (e & PM_UFFD_WP) == 0:
                     c |= kernel.PAGE_IS_WRITTEN
+            if sdw:         # WRITTEN = soft-dirty (bit 55 is PAGE_IS_SOFT_DIRTY's source)
+                c = (c & ~(<uint64_t>kernel.PAGE_IS_WRITTEN)) | (
+                    kernel.PAGE_IS_WRITTEN if e & PM_SOFT_DIRTY else 0)
             pd[i] = c
     PyBuffer_Release(&dst)
     PyBuffer_Release(&src)

@@ -255,7 +255,7 @@ def copy_regions(regions: Any, out: Any) -> int:
 
 def pagemap_to_categories(entries: Any, *, wpallowed: bool = False,
                           none_written: bool = False, zero_pfn: int | None = None,
-                          out: Any = None) -> Any:
+                          out: Any = None, soft_dirty_written: bool = False) -> Any:
     """Categories derived from raw ``/proc/PID/pagemap`` entries.
 
     The rules: docs/kernel.md, 'pagemap entries'.
@@ -272,7 +272,9 @@ def pagemap_to_categories(entries: Any, *, wpallowed: bool = False,
       that were never populated;
     * ``zero_pfn``: the shared zero page's PFN, to set PFNZERO (PFNs read as 0
       unless the opener had CAP_SYS_ADMIN);
-    * HUGE is never derived (the PMD mapping is not visible in pagemap).
+    * HUGE is never derived (the PMD mapping is not visible in pagemap);
+    * ``soft_dirty_written``: WRITTEN means "soft-dirty" (the soft-dirty backend's
+      view): set iff bit 55 is, instead of from bit 57 and ``none_written``.
 
     Returns an ``array('Q')`` (or fills ``out``, a writable u64 buffer of the same
     length, and returns it).
@@ -311,6 +313,8 @@ def pagemap_to_categories(entries: Any, *, wpallowed: bool = False,
                 c |= Category.GUARD
             if not e & PM_UFFD_WP:
                 c |= Category.WRITTEN
+        if soft_dirty_written:
+            c = (c & ~Category.WRITTEN) | (Category.WRITTEN if e & PM_SOFT_DIRTY else 0)
         dst[i] = int(c)
     return result
 

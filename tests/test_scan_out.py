@@ -237,3 +237,23 @@ def test_tracker_collect_out(backend):
         assert [i for s, e in seen for i in range(s, e)] == written
         assert calls == 4           # three full buffers, then an empty answer
         assert t.collect(out=ra) == (0, t.end) and len(ra) == 0
+
+
+# ------------------------------------------- pagemap_to_categories(soft_dirty_written=)
+
+
+@common
+@given(entries=st.lists(st.one_of(st.integers(0, (1 << 64) - 1),
+                                  st.sampled_from([0, 1 << 55, 1 << 57, 1 << 63, 1 << 62,
+                                                   (1 << 63) | (1 << 55), (1 << 61) | 5])),
+                        max_size=40),
+       wpallowed=st.booleans(), none_written=st.booleans())
+def test_pagemap_soft_dirty_written(entries, wpallowed, none_written):
+    """soft_dirty_written=True is the soft-dirty backend's view: WRITTEN iff bit 55,
+    every other category as without it; the same in both implementations."""
+    raw = array.array("Q", entries)
+    kw = {"wpallowed": wpallowed, "none_written": none_written}
+    plain = list(core.pagemap_to_categories(raw, **kw))
+    got = list(core.pagemap_to_categories(raw, soft_dirty_written=True, **kw))
+    assert got == list(ref.pagemap_to_categories(raw, soft_dirty_written=True, **kw))
+    assert got == [(c & ~W) | (W if e >> 55 & 1 else 0) for c, e in zip(plain, entries)]

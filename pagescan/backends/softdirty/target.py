@@ -30,7 +30,6 @@ PATH_READ = "pagemap_read"
 # Byte tables for the low byte of each u64 category (WRITTEN is bit 1, SOFT_DIRTY 7):
 # WRITTEN := SOFT_DIRTY, and WRITTEN |= 1 (a pending page), at C speed, no numpy.
 _LOW = 0 if sys.byteorder == "little" else 7
-_SD_TO_W = bytes((v & ~W) | (W if v & SD else 0) for v in range(256))
 _OR_W = bytes(v | W for v in range(256))
 
 # ------------------------------------------------------------------------ per process
@@ -118,9 +117,8 @@ class Target:
         else:
             raw = memoryview(self._raw)[:8 * n]
             self.read_pagemap(start, raw)
-            impl.pagemap_to_categories(raw.cast("Q"), out=cats)
-            b = self._cats
-            b[_LOW:8 * n:8] = b[_LOW:8 * n:8].translate(_SD_TO_W)
+            # WRITTEN = soft-dirty, set in the same pass (no per-page translate after)
+            impl.pagemap_to_categories(raw.cast("Q"), out=cats, soft_dirty_written=True)
         b = self._cats
         for s, e in runs_clip(pending, start, end):
             i, j = (s - start) // PAGE_SIZE, (e - start) // PAGE_SIZE
