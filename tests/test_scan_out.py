@@ -256,4 +256,5 @@ def test_pagemap_soft_dirty_written(entries, wpallowed, none_written):
     plain = list(core.pagemap_to_categories(raw, **kw))
     got = list(core.pagemap_to_categories(raw, soft_dirty_written=True, **kw))
     assert got == list(ref.pagemap_to_categories(raw, soft_dirty_written=True, **kw))
-    assert got == [(c & ~W) | (W if e >> 55 & 1 else 0) for c, e in zip(plain, entries)]
+    assert got == [(c & ~W) | (W if e >> 55 & 1 else 0)
+                   for c, e in zip(plain, entries, strict=True)]
