@@ -69,12 +69,12 @@ class CScan:
     def _args(self, categories, start, page_size, masks, max_pages, max_regions):
         mv = check_uint_buffer(categories, "categories")
         ps = check_page_size(page_size)
-        end = check_range(start, len(mv), ps)
+        start, end = check_range(start, len(mv), ps)   # start: the int, as the cores use
         m = coerce_masks(masks)
         mp, mr = check_limits(max_pages, max_regions)
         arr = np.frombuffer(mv, dtype=f"u{mv.itemsize}") if len(mv) else None
         addr = arr.ctypes.data if arr is not None else None
-        args = (addr, len(mv), int(start), ps, m.inverted, m.mask, m.anyof, m.return_mask,
+        args = (addr, len(mv), start, ps, m.inverted, m.mask, m.anyof, m.return_mask,
                 mp, mr)
         return self.fns[mv.itemsize], args, end, m.matches_nothing, arr
 

@@ -171,10 +171,9 @@ def scan_pages(categories, start=0, page_size=4096, masks=None, max_pages=0,
     ``"keyed"`` (only without anyof) or ``"general"``; by default keyed when it can."""
     mv = check_uint_buffer(categories, "categories")
     ps = check_page_size(page_size)
-    end = check_range(start, len(mv), ps)
+    start, end = check_range(start, len(mv), ps)      # start: the int, as the cores use
     m = coerce_masks(masks)
     mp, mr = check_limits(max_pages, max_regions)
-    start = int(start)
     empty = np.empty((0, 3), dtype=np.uint64)
     n = len(mv)
     if m.matches_nothing or n == 0:
