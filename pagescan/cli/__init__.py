@@ -17,18 +17,8 @@
   (:mod:`pagescan.cli.checkpoint`, :mod:`pagescan.checkpoint`).
 
 Argument parsers are in :mod:`pagescan.cli.parsing`, what is printed in
-:mod:`pagescan.cli.output`. Exit codes (the same for every subcommand;
-:mod:`pagescan.cli.exits`):
-
-===  ==============================================================================
-0    success
-1    an error of the kernel or environment not covered below
-2    usage error (bad option, bad range, unknown category)
-3    no such process, or the process exited while being watched or scanned
-4    access denied: no ptrace read access to the process
-5    no backend works here for what was asked (the probe's reason is printed)
-130  interrupted (Ctrl-C) before anything was measured
-===  ==============================================================================
+:mod:`pagescan.cli.output`; the exit codes, the same for every subcommand, are
+listed in :mod:`pagescan.cli.exits`.
 """
 
 from __future__ import annotations

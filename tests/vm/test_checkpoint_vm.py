@@ -11,7 +11,6 @@ feature is a failure under ``CI=true``. Standard library only, one small child.
 
 from __future__ import annotations
 
-import mmap
 import os
 import subprocess
 import sys
@@ -21,27 +20,18 @@ import pytest
 
 import pagescan
 import pagescan.checkpoint as ck
+from guestutil import P, softdirty_probe
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
 pytestmark = pytest.mark.skipif(not GUEST_KERNEL,
                                 reason="not in a VM guest (PAGESCAN_VM_KERNEL unset)")
-P = mmap.PAGESIZE
 #: child processes import the pagescan under test (source tree or site-packages)
 IMPORT_ROOT = str(Path(pagescan.__file__).resolve().parent.parent)
 
 
-def require(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required kernel feature is missing: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def softdirty_works():
-    p = pagescan.probe("softdirty")
-    require(p.ok, p.reason)
+    softdirty_probe()
 
 
 # a child with private anonymous memory; "alloc N" -> address (pages filled with

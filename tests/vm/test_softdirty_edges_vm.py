@@ -26,47 +26,21 @@ import pytest
 import pagescan
 from pagescan import HugePageWarning, SharedMappingWarning
 from pagescan.kernel import LinuxKernel
+from guestutil import P, libc, mmap_at, pages, require, softdirty_probe
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
 pytestmark = pytest.mark.skipif(not GUEST_KERNEL,
                                 reason="not in a VM guest (PAGESCAN_VM_KERNEL unset)")
 
-P = mmap.PAGESIZE
 HUGE = 512 * P
 MADV_HUGEPAGE = 14
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-PROT_RW = 3
-MAP_PRIVATE_ANON, MAP_FIXED = 0x22, 0x10
-
-
-def require(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required kernel feature is missing: {reason}")
-    pytest.skip(reason)
+MAP_FIXED = 0x10
 
 
 @pytest.fixture(scope="module", autouse=True)
 def softdirty_works():
-    p = pagescan.probe("softdirty")
-    require(p.ok, p.reason)
-    return p
-
-
-def pages(regions) -> set[int]:
-    return {a for s, e, _ in regions for a in range(s, e, P)}
-
-
-def mmap_at(addr: int | None, npages: int, flags: int = 0) -> int:
-    a = libc.mmap(addr, npages * P, PROT_RW, MAP_PRIVATE_ANON | flags, -1, 0)
-    assert a not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-    return a
+    return softdirty_probe()
 
 
 def anon_huge_kb(pid: int | str = "self") -> int:
@@ -77,9 +51,6 @@ def anon_huge_kb(pid: int | str = "self") -> int:
 # a child that maps private memory, writes it, changes its protection, makes THPs
 CHILD = r"""
 import mmap, sys, ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 maps = []
 for line in sys.stdin:
     cmd, *args = line.split()

@@ -10,7 +10,6 @@ ctypes only, and few child processes: Python runs ~14x slower under emulation.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import subprocess
 import sys
@@ -22,50 +21,24 @@ from pagescan import AccessDenied, Category, Masks, NoSuchProcess
 from pagescan.backends.softdirty import SoftDirtyBackend
 from pagescan.constants import USER_ADDRESS_LIMIT as USER_TOP
 from pagescan.testing import BackendConformance, RealHarness
+from guestutil import P, PROT_RW, libc, mmap_at, pages, softdirty_probe
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
 pytestmark = pytest.mark.skipif(not GUEST_KERNEL,
                                 reason="not in a VM guest (PAGESCAN_VM_KERNEL unset)")
 
-P = mmap.PAGESIZE
 W = Category.WRITTEN
 WRITTEN_ONLY = Masks(required=W, return_mask=W)
 KERNEL = tuple(int(x) for x in os.uname().release.split(".")[:2])
 HAS_PAGEMAP_SCAN = KERNEL >= (6, 7)
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-PROT_READ, PROT_RW = 1, 3
-MAP_PRIVATE_ANON, MAP_FIXED, MAP_FIXED_NOREPLACE = 0x22, 0x10, 0x100000
-
-
-def require(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and a required kernel feature is missing: {reason}")
-    pytest.skip(reason)
+PROT_READ = 1
+MAP_FIXED, MAP_FIXED_NOREPLACE = 0x10, 0x100000
 
 
 @pytest.fixture(scope="module", autouse=True)
 def softdirty_works():
-    p = pagescan.probe("softdirty")
-    require(p.ok, p.reason)
-    return p
-
-
-def pages(regions) -> set[int]:
-    return {a for s, e, _ in regions for a in range(s, e, P)}
-
-
-def mmap_at(addr: int | None, npages: int, prot: int = PROT_RW, flags: int = 0) -> int:
-    a = libc.mmap(addr, npages * P, prot, MAP_PRIVATE_ANON | flags, -1, 0)
-    assert a not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-    return a
+    return softdirty_probe()
 
 
 def write(addr: int) -> None:
