@@ -41,11 +41,23 @@ static int pagescan_grow(uint64_t **data, Py_ssize_t *cap, Py_ssize_t need)
     return 0;
 }
 
+/* The loops start on a 64-byte boundary, wherever the linker puts the functions:
+ * one-page regions ran 15% slower in some builds of the module than in others
+ * (the same code at another alignment) before. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PAGESCAN_HOT __attribute__((noinline, aligned(64), optimize("align-loops=64")))
+#elif defined(__GNUC__)
+#define PAGESCAN_HOT __attribute__((noinline, aligned(64)))
+#else
+#define PAGESCAN_HOT
+#endif
+
 #define PS_MATCHES(c) ((((c) & S) == W) & (!ANYOF | (((c) & A) != AV)))
 #define PS_EXTENDS(c) ((((c) & M) == K) & (!ANYOF | (((c) & A) != AV)))
 
 #define PAGESCAN_DEFINE_SCAN(NAME, T, HOLE, ANY)                                    \
-static int NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,           \
+PAGESCAN_HOT static int                                                             \
+NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                      \
                 uint64_t inverted, uint64_t mask, uint64_t anyof, uint64_t ret,     \
                 uint64_t max_pages, int64_t max_regions, uint64_t **data,           \
                 Py_ssize_t *nreg, Py_ssize_t *cap, uint64_t *walk_end)              \
