@@ -72,25 +72,38 @@ def load_report(path: str) -> dict[str, Any]:
     return rep
 
 
+#: what matplotlib's Agg canvas writes (the list matplotlib itself gives, when it is
+#: installed, is the one used)
+PLOT_FORMATS = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg",
+                "svgz", "tif", "tiff", "webp")
+
+
 def check_plot_path(path: str) -> None:
-    """Before the run: matplotlib is there, it can write this format, and the
-    directory exists and is writable (issue 12: not a traceback after the run)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise Exit(EXIT_ERROR, "--plot needs matplotlib, which is not installed: "
-                   "pip install 'pagescan[plot]' (or: pip install matplotlib)") from None
-    ext = os.path.splitext(path)[1].lstrip(".").lower()
-    formats = Figure().canvas.get_supported_filetypes()
-    if ext not in formats:
-        what = f"a .{ext} file" if ext else "a file without an extension"
-        raise UsageError(f"--plot {path}: cannot draw {what}; use one of: "
-                         + ", ".join("." + f for f in sorted(formats)))
+    """Before the run (issue 12: not a traceback after it): the directory exists and
+    is writable, the extension is a format matplotlib writes, matplotlib is there."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"--plot {path}: no such directory {folder}")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"--plot {path}: the directory {folder} is not writable")
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path}: is a directory")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        formats: Any = PLOT_FORMATS
+        missing = True
+    else:
+        formats = Figure().canvas.get_supported_filetypes()
+        missing = False
+    if ext not in formats:
+        what = f"a .{ext} file" if ext else "a file without an extension"
+        raise UsageError(f"--plot {path}: cannot draw {what}; use one of: "
+                         + ", ".join("." + f for f in sorted(formats)))
+    if missing:
+        raise Exit(EXIT_ERROR, "--plot needs matplotlib, which is not installed: "
+                   "pip install 'pagescan[plot]' (or: pip install matplotlib)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
