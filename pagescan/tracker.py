@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
+from threading import get_ident
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -78,8 +80,9 @@ def _after_fork_in_child() -> None:
     for t in list(_all):
         t._forked = True
         t._state = threading.Lock()
-        t._calls = {}
-        t._drained = None
+        t._inflight = collections.deque()
+        t._closing = False
+        t._drained = threading.Event()
     _live.clear()
 
 
@@ -154,13 +157,16 @@ class Tracker:
         self._forked = False
         self._backend: Backend | None = None
         self._pin: Any = None
-        # calls in flight (thread id -> depth) and what close() waits on: close()
-        # waits for other threads' calls to finish before it closes the descriptors
-        # they use; calls after close() raise TrackerClosed
-        self._state = threading.Lock()
-        self._calls: dict[int, int] = {}
-        self._drained: threading.Event | None = None
-        self._closer = 0
+        # calls in flight and what close() waits on: close() waits for other threads'
+        # calls to finish before it closes the descriptors they use; calls after
+        # close() raise TrackerClosed. ``_inflight`` holds the thread id of every call
+        # in progress (once per nesting level): deque append/remove are atomic, so
+        # the hot path takes no lock. A call announces itself, then looks at the
+        # backend; close() takes the backend away, then looks at the calls.
+        self._state = threading.Lock()          # serialises close()
+        self._inflight: collections.deque[int] = collections.deque()
+        self._closing = False
+        self._drained = threading.Event()
         _all.add(self)
         if pid is not None:
             pid = check_int(pid, "pid", minimum=1, maximum=(1 << 31) - 1)
@@ -263,27 +269,18 @@ class Tracker:
 
     def _enter(self) -> Backend:
         """The backend, counted as in use by this thread until :meth:`_leave`."""
-        tid = threading.get_ident()
-        with self._state:
-            backend = self._backend
-            if backend is None or self._forked:
-                self._live()                    # raises TrackerClosed
-            calls = self._calls
-            calls[tid] = calls.get(tid, 0) + 1
+        tid = get_ident()
+        self._inflight.append(tid)
+        backend = self._backend
+        if backend is None or self._forked:
+            self._inflight.remove(tid)
+            self._live()                        # raises TrackerClosed
         return backend  # type: ignore[return-value]
 
     def _leave(self) -> None:
-        tid = threading.get_ident()
-        with self._state:
-            calls = self._calls
-            n = calls.get(tid, 0) - 1
-            if n > 0:
-                calls[tid] = n
-                return
-            calls.pop(tid, None)
-            drained = self._drained
-            if drained is not None and not calls.keys() - {self._closer}:
-                drained.set()
+        self._inflight.remove(get_ident())
+        if self._closing:
+            self._drained.set()
 
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
         s = self.start if start is None else check_int(start, "start")
@@ -435,20 +432,22 @@ class Tracker:
         state = getattr(self, "_state", None)
         if state is None:                       # __init__ failed before it existed
             return
-        tid = threading.get_ident()
+        tid = get_ident()
         with state:
             backend, self._backend = self._backend, None
-            drained = None
-            if backend is not None and not self._forked and self._calls.keys() - {tid}:
-                # (a close() from inside a call of this thread, e.g. a signal
-                # handler's, waits for the other threads only)
-                self._closer = tid
-                drained = self._drained = threading.Event()
         if backend is None:
             self._release_pin()
             return
-        if drained is not None:
-            drained.wait()
+        if not self._forked:
+            # wait for the calls of other threads (a close() from inside a call of
+            # this thread, e.g. a signal handler's, waits for the other threads only)
+            self._closing = True
+            drained = self._drained
+            while True:
+                drained.clear()
+                if all(t == tid for t in list(self._inflight)):
+                    break
+                drained.wait()
         with _live_lock:
             _live.discard(self)
         try:
