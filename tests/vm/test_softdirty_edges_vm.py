@@ -43,6 +43,16 @@ def softdirty_works():
     return softdirty_probe()
 
 
+def compact_memory() -> None:
+    """Ask the guest kernel to defragment its memory, so that the huge pages a test
+    makes can be allocated whatever earlier tests left behind (root in the guest)."""
+    try:
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
 def anon_huge_kb(pid: int | str = "self") -> int:
     text = open(f"/proc/{pid}/smaps_rollup").read()
     return int(re.search(r"^AnonHugePages:\s+(\d+) kB", text, re.M).group(1))
@@ -51,6 +61,9 @@ def anon_huge_kb(pid: int | str = "self") -> int:
 # a child that maps private memory, writes it, changes its protection, makes THPs
 CHILD = r"""
 import mmap, sys, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 maps = []
 for line in sys.stdin:
     cmd, *args = line.split()
@@ -125,7 +138,7 @@ def test_arming_a_neighbour_leaves_a_tracker_clean():
     try:
         with pagescan.track((a + 16 * P, 1024 * P), backend="softdirty") as t1:
             assert t1.written().pages() == 0
-            assert mmap_at(a, 16, MAP_FIXED) == a         # a new VMA: VM_SOFTDIRTY
+            assert mmap_at(a, 16, flags=MAP_FIXED) == a         # a new VMA: VM_SOFTDIRTY
             with pagescan.track((a, 16 * P), backend="softdirty") as t2:
                 assert t1.written().pages() == 0           # was 1024
                 assert t2.written().pages() == 0
@@ -144,6 +157,7 @@ def test_own_huge_pages_are_split_when_armed():
     a = -(-base // HUGE) * HUGE
     k = LinuxKernel()
     try:
+        compact_memory()
         before = anon_huge_kb()
         k.madvise(a, 2 * HUGE, MADV_HUGEPAGE)
         ctypes.memset(a, 1, 2 * HUGE)
@@ -167,6 +181,7 @@ def test_own_huge_pages_are_split_when_armed():
 
 
 def test_another_process_huge_pages_warn_and_say_the_granularity(child):
+    compact_memory()
     addr = int(child.ask(f"alloc {3 * 512} huge {2 * HUGE}"))
     require(anon_huge_kb(child.pid) >= 2 * HUGE // 1024, "no THP made in the child")
     with pytest.warns(HugePageWarning, match="2 MiB"):
