@@ -551,7 +551,8 @@ def scan_pages(categories, start=0, page_size=4096, masks=None, max_pages=0,
     """Filter and merge per-page categories into regions, as PAGEMAP_SCAN does.
 
     ``categories[i]`` belongs to the page at ``start + i * page_size``. Returns
-    ``ScanResult(regions, walk_end)``. See KERNEL-SPEC.md §3-4.
+    ``ScanResult(regions, walk_end)``. The rules: docs/kernel.md, 'Filter',
+    'Output' and 'walk_end'.
 
     With ``out`` (a ``RegionArray.empty(capacity)`` or a writable ``(n, 3)``
     uint64 buffer), the regions are written into it instead, nothing is
@@ -676,9 +677,28 @@ def copy_regions(regions, out):
 
 def pagemap_to_categories(entries, *, wpallowed=False, none_written=False, zero_pfn=None,
                           out=None, soft_dirty_written=False):
-    """Categories derived from raw ``/proc/PID/pagemap`` entries (KERNEL-SPEC §7).
+    """Categories derived from raw ``/proc/PID/pagemap`` entries.
 
-    See ``pagescan._reference.pagemap_to_categories`` for the rules.
+    The rules: docs/kernel.md, 'pagemap entries'.
+
+    Exact for PRESENT (bit 63), SWAPPED (62), GUARD (58), SOFT_DIRTY (55), FILE
+    (61; the huge zero page also sets it) and WRITTEN of non-zero entries (not
+    bit 57). What an entry cannot show comes from the caller:
+
+    * ``wpallowed``: OR WPALLOWED into every page (a property of the VMA);
+    * ``none_written``: whether an entry with no page (all zero, apart from bit
+      55) reads as WRITTEN. The kernel's answer depends on PTE-table existence,
+      which pagemap does not show; pass True for a uffd-wp registered range on
+      6.18.y (exact there), False (the default) reports "not written" for pages
+      that were never populated;
+    * ``zero_pfn``: the shared zero page's PFN, to set PFNZERO (PFNs read as 0
+      unless the opener had CAP_SYS_ADMIN);
+    * HUGE is never derived (the PMD mapping is not visible in pagemap);
+    * ``soft_dirty_written``: WRITTEN means "soft-dirty" (the soft-dirty backend's
+      view): set iff bit 55 is, instead of from bit 57 and ``none_written``.
+
+    Returns an ``array('Q')`` (or fills ``out``, a writable u64 buffer of the same
+    length, and returns it).
     """
     mv = check_uint_buffer(entries, "entries", itemsizes=(8,))
     cdef Py_ssize_t n = len(mv), i
