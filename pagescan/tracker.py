@@ -153,7 +153,8 @@ class Tracker:
     """
 
     def __init__(self, target: Any = None, length: int | None = None, *, backend: str = "auto",
-                 thp: bool = False, pid: int | None = None, **options: Any) -> None:
+                 thp: bool = False, pid: int | None = None, partial_pages: bool = False,
+                 **options: Any) -> None:
         self._forked = False
         self._backend: Backend | None = None
         self._pin: Any = None
@@ -187,7 +188,8 @@ class Tracker:
             self.object_length = nbytes
             start = addr - addr % PAGE_SIZE
             end = -(-(addr + nbytes) // PAGE_SIZE) * PAGE_SIZE
-            if start != addr or end != addr + nbytes:
+            partial = start != addr or end != addr + nbytes
+            if partial:
                 warnings.warn(
                     f"the object at 0x{addr:x} ({nbytes} bytes) does not start and end on "
                     "page boundaries: its first/last page is shared with neighbouring "
@@ -206,6 +208,17 @@ class Tracker:
                             f"0x{other.end:x}), which another live tracker watches; "
                             "close that one first")
                 self._backend = cls(pid=self.pid, thp=thp, **options)
+                if (partial and not partial_pages
+                        and self._backend.capabilities.changes_protection):
+                    self._backend.close()
+                    self._backend = None
+                    raise RangeError(
+                        f"the object at 0x{addr:x} ({nbytes} bytes) does not fill its "
+                        f"pages [0x{start:x}, 0x{end:x}), and the {backend!r} backend "
+                        "changes their protection: a read()/recv() into a neighbouring "
+                        "object on those pages would fail with EFAULT. Track page-aligned "
+                        "memory (pagescan.allocate()), or pass partial_pages=True to "
+                        "accept that")
                 try:
                     self._backend.register(start, end)
                 except BaseException:
@@ -477,7 +490,8 @@ class Tracker:
 
 
 def track(target: Any = None, length: int | None = None, *, backend: str = "auto",
-          thp: bool = False, pid: int | None = None, **options: Any) -> Tracker:
+          thp: bool = False, pid: int | None = None, partial_pages: bool = False,
+          **options: Any) -> Tracker:
     """Start tracking writes to ``target``.
 
     ``target``: memory from :func:`pagescan.allocate`, a writable buffer-protocol
@@ -488,10 +502,16 @@ def track(target: Any = None, length: int | None = None, *, backend: str = "auto
     transparent huge pages off for the range; ``thp=True`` keeps them (a huge
     page then reports 2 MiB written). ``pid``: another process (backends with
     ``capabilities.other_processes``); with no ``target``, every writable
-    mapping of that process is tracked. Other keyword ``options`` go to the
+    mapping of that process is tracked. ``partial_pages``: an object that does not
+    fill its pages is tracked with a :class:`PartialPageWarning` by backends that
+    only read page state, and refused (:class:`RangeError`) by those that change
+    the pages' protection (``capabilities.changes_protection``: mprotect), since
+    the kernel's writes into neighbouring objects on those pages would fail with
+    EFAULT; ``partial_pages=True`` accepts that. Other keyword ``options`` go to the
     backend (e.g. ``freeze=True`` for softdirty on another process: stop it while
     its bits are read and cleared).
     """
     if backend == "auto":
         backend = os.environ.get("PAGESCAN_BACKEND", "auto") or "auto"
-    return Tracker(target, length, backend=backend, thp=thp, pid=pid, **options)
+    return Tracker(target, length, backend=backend, thp=thp, pid=pid,
+                   partial_pages=partial_pages, **options)

@@ -85,3 +85,10 @@ def uffd_ok() -> None:
     import pagescan
     p = pagescan.probe("uffd")
     require(p.ok, p.reason)
+
+
+@pytest.fixture
+def mprotect_ok() -> None:
+    import pagescan
+    p = pagescan.probe("mprotect")
+    require(p.ok, p.reason)

@@ -65,7 +65,7 @@ def test_round_trip_numpy_every_save(tmp_path: Path, backend: str, mode: str) ->
     arr[:] = np.frombuffer(rng.randbytes(arr.nbytes), dtype=np.uint8)
     path = tmp_path / "a.ckpt"
     snaps = []
-    with ck.open(path, arr, backend=backend, mode=mode) as c:
+    with ck.open(path, arr, backend=backend, mode=mode, partial_pages=True) as c:
         assert c.mode == mode and c.backend == backend
         for i in range(6):
             if i:

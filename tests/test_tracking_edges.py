@@ -218,3 +218,31 @@ def test_simulated_whole_process_warns_for_writable_shared_mappings_only():
     with pytest.warns(SharedMappingWarning, match=f"0x{shared:x}"):
         t = pagescan.track(backend="simulator", pid=sim.pid, mechanism="softdirty")
     t.close()
+
+
+# ---------------------------------------------------------------- partial pages (12.14)
+
+
+def test_a_sub_page_object_is_refused_by_a_backend_that_changes_protection(mprotect_ok):
+    """Regression (issue 12.14): mprotect tracking a 64-byte bytearray made the
+    kernel's writes into neighbouring objects on its page fail with EFAULT."""
+    import warnings
+
+    buf = bytearray(64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pagescan.PartialPageWarning)
+        with pytest.raises(pagescan.RangeError, match="partial_pages=True"):
+            pagescan.track(buf, backend="mprotect")
+        buf.append(1)                 # nothing left exported or protected: it can grow
+        with pytest.warns(pagescan.PartialPageWarning):
+            t = pagescan.track(buf, backend="mprotect", partial_pages=True)
+        with t:
+            assert t.capabilities.changes_protection
+
+
+def test_a_sub_page_object_only_warns_where_protection_is_untouched(uffd_ok):
+    buf = bytearray(64)
+    with pytest.warns(pagescan.PartialPageWarning):
+        t = pagescan.track(buf, backend="uffd")
+    with t:
+        assert not t.capabilities.changes_protection

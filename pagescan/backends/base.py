@@ -32,6 +32,11 @@ class Capabilities:
     #: drives the real kernel (False for the simulator).
     real: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: arming changes the protection of the tracked pages (mprotect): a page shared
+    #: with neighbouring objects would make their kernel writes fail (EFAULT), so
+    #: track() refuses objects that do not fill their pages unless
+    #: ``partial_pages=True``.
+    changes_protection: bool = False
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,7 @@ class MprotectBackend(Backend):
         other_processes=False,
         kernel_filtering=False,
         kernel_writes_seen=False,
+        changes_protection=True,
         categories=int(Category.WPALLOWED),
         notes=("tracks the calling process only; works on every Linux kernel",
                "kernel writes (read()/readinto() into a clean tracked page) fail with "
