@@ -1070,7 +1070,10 @@ def _ascii_env(extra: dict) -> dict:
     return env
 
 
-@pytest.mark.parametrize("env", list(ASCII_ENVS), ids=list(ASCII_ENVS))
+@pytest.mark.parametrize("env", [
+    "LC_ALL=C PYTHONUTF8=0",                         # the POSIX locale: the default run
+    pytest.param("PYTHONIOENCODING=ascii", marks=pytest.mark.slow),
+])
 def test_every_subcommand_prints_on_an_ascii_stream(env, target, uffd_ok):
     """Issue 12.17: with a POSIX locale (no UTF-8 mode) or PYTHONIOENCODING=ascii,
     'µs' (compare), '∩' (compare --help) ... raised UnicodeEncodeError. What a
