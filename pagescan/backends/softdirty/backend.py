@@ -133,10 +133,14 @@ class SoftDirtyBackend(Backend):
                 # a clear) that MADV_NOHUGEPAGE merges with it would make the merged
                 # VMA, and so the neighbour's pages, read as all written
                 self.reset(start, end)
-                if t.is_self and not self.thp and not rng.whole and \
-                        self._no_huge(start, end):
-                    # a split PMD's PTEs may all come out soft-dirty (6.12 x86:
-                    # pte_mkdirty of a dirty THP sets the bit): arm again, after it
+                if t.is_self and not self.thp and not rng.whole:
+                    self._no_huge(start, end)
+                    # arm again after MADV_NOHUGEPAGE: it changes the range's VMA
+                    # flags, and a mapping made next to the range between the clear
+                    # and the madvise (Python's allocator maps 1 MiB arenas at any
+                    # time) merged into it with VM_SOFTDIRTY would read as all
+                    # written; a split PMD's PTEs may all come out soft-dirty too
+                    # (6.12 x86: pte_mkdirty of a dirty THP sets the bit)
                     self.reset(start, end)
             except BaseException:
                 t.ranges.remove(rng)
