@@ -406,6 +406,7 @@ def test_uffd_refuses_a_remapped_range(quick_report):
     assert row["workloads_refused"] == 1 and row["workloads_failed"] == 0
 
 
+@pytest.mark.slow            # needs matplotlib: the slow tier installs it (tox -e slow)
 def test_compare_plot(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "cmp.png"

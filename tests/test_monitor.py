@@ -439,6 +439,7 @@ def _wait_for(base: str, q: str, want, proc: subprocess.Popen, deadline_s: float
     pytest.fail(f"prometheus did not return what was expected for {q}: {result}")
 
 
+@pytest.mark.slow            # starts a Prometheus server and waits for its scrapes (~7 s)
 def test_scraped_by_a_real_prometheus(sim, tmp_path):
     binary = shutil.which("prometheus")
     require(binary is not None, "no prometheus binary (Debian: apt-get install prometheus)")
