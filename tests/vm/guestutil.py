@@ -7,6 +7,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +57,24 @@ def mmap_at(addr: int | None, npages: int, prot: int = PROT_RW, flags: int = 0) 
     a = libc.mmap(addr, npages * P, prot, MAP_PRIVATE_ANON | flags, -1, 0)
     assert a not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
     return a
+
+
+class Child:
+    """A Python child process (``python -S -c script``) driven over pipes: the script
+    reads one command a line from stdin and answers each with one line."""
+
+    def __init__(self, script: str) -> None:
+        self.p = subprocess.Popen([sys.executable, "-S", "-c", script],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self.p.pid
+
+    def ask(self, line: str) -> str:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()

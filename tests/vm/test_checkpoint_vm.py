@@ -20,7 +20,7 @@ import pytest
 
 import pagescan
 import pagescan.checkpoint as ck
-from guestutil import P, softdirty_probe
+from guestutil import Child as GuestChild, P, softdirty_probe
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
 pytestmark = pytest.mark.skipif(not GUEST_KERNEL,
@@ -54,27 +54,15 @@ for line in sys.stdin:
 """
 
 
-class Child:
+class Child(GuestChild):
     def __init__(self) -> None:
-        self.p = subprocess.Popen([sys.executable, "-S", "-c", CHILD], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        self.pid = self.p.pid
-
-    def ask(self, line: str) -> str:
-        assert self.p.stdin is not None and self.p.stdout is not None
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-        return self.p.stdout.readline().strip()
+        super().__init__(CHILD)
 
     def alloc(self, npages: int) -> int:
         return int(self.ask(f"alloc {npages}"))
 
     def write(self, addr: int, value: int) -> None:
         assert self.ask(f"write {addr} {value}") == "ok"
-
-    def close(self) -> None:
-        self.p.kill()
-        self.p.wait()
 
 
 @pytest.fixture

@@ -18,15 +18,13 @@ import ctypes
 import mmap
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 import pagescan
 from pagescan import HugePageWarning, SharedMappingWarning
 from pagescan.kernel import LinuxKernel
-from guestutil import P, libc, mmap_at, pages, require, softdirty_probe
+from guestutil import Child as GuestChild, P, libc, mmap_at, pages, require, softdirty_probe
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
 pytestmark = pytest.mark.skipif(not GUEST_KERNEL,
@@ -85,21 +83,9 @@ for line in sys.stdin:
 """
 
 
-class Child:
+class Child(GuestChild):
     def __init__(self) -> None:
-        self.p = subprocess.Popen([sys.executable, "-S", "-c", CHILD], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        self.pid = self.p.pid
-
-    def ask(self, line: str) -> str:
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-        return self.p.stdout.readline().strip()
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait()
+        super().__init__(CHILD)
 
 
 @pytest.fixture

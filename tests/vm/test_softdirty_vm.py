@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,7 +19,7 @@ from pagescan import AccessDenied, Category, Masks, NoSuchProcess
 from pagescan.backends.softdirty import SoftDirtyBackend
 from pagescan.constants import USER_ADDRESS_LIMIT as USER_TOP
 from pagescan.testing import BackendConformance, RealHarness
-from guestutil import P, PROT_RW, libc, mmap_at, pages, softdirty_probe
+from guestutil import Child as GuestChild, P, PROT_RW, libc, mmap_at, pages, softdirty_probe
 
 GUEST_KERNEL = os.environ.get("PAGESCAN_VM_KERNEL", "")
 pytestmark = pytest.mark.skipif(not GUEST_KERNEL,
@@ -166,24 +164,12 @@ for line in sys.stdin:
 """
 
 
-class Child:
+class Child(GuestChild):
     def __init__(self) -> None:
-        self.p = subprocess.Popen([sys.executable, "-S", "-c", CHILD], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        self.pid = self.p.pid
-
-    def ask(self, line: str) -> str:
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-        return self.p.stdout.readline().strip()
+        super().__init__(CHILD)
 
     def write(self, addr: int) -> None:
         assert self.ask(f"write {addr}") == "ok"
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait()
 
 
 @pytest.fixture(scope="module")
