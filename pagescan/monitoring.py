@@ -67,8 +67,25 @@ def is_exact(caps: Capabilities) -> bool:
 # =================================================================== samples
 
 
+class _Rates:
+    """Pages and bytes per second of an interval (``pages``, ``bytes`` and
+    ``interval`` are fields of the sample classes)."""
+
+    pages: int
+    bytes: int
+    interval: float
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages / self.interval if self.interval > 0 else 0.0
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bytes / self.interval if self.interval > 0 else 0.0
+
+
 @dataclass(frozen=True)
-class MappingSample:
+class MappingSample(_Rates):
     """The pages written in one mapping during one interval."""
 
     #: where the mapping starts and ends (``None`` for :data:`UNMAPPED`)
@@ -86,14 +103,6 @@ class MappingSample:
     #: the interval's length in seconds (to compute rates)
     interval: float
 
-    @property
-    def pages_per_s(self) -> float:
-        return self.pages / self.interval if self.interval > 0 else 0.0
-
-    @property
-    def bytes_per_s(self) -> float:
-        return self.bytes / self.interval if self.interval > 0 else 0.0
-
     def as_json(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "label": self.label,
                 "perms": self.perms, "pages": self.pages, "bytes": self.bytes,
@@ -102,7 +111,7 @@ class MappingSample:
 
 
 @dataclass(frozen=True)
-class Sample:
+class Sample(_Rates):
     """One interval of a monitor: the pages written since the previous sample (or
     since the monitor started), in total and per mapping."""
 
@@ -133,14 +142,6 @@ class Sample:
     bytes: int
     #: per mapping, most written first (then by address); only mappings written to
     mappings: tuple[MappingSample, ...] = field(default_factory=tuple)
-
-    @property
-    def pages_per_s(self) -> float:
-        return self.pages / self.interval if self.interval > 0 else 0.0
-
-    @property
-    def bytes_per_s(self) -> float:
-        return self.bytes / self.interval if self.interval > 0 else 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {"index": self.index, "pid": self.pid, "comm": self.comm,

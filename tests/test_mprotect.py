@@ -31,7 +31,6 @@ from pagescan import Category, Masks
 from pagescan.backends.mprotect import MapCountWarning, MprotectBackend
 from pagescan.constants import MAP_FIXED, MAP_FIXED_NOREPLACE, PROT_EXEC, PROT_READ, PROT_WRITE
 from pagescan.errors import KernelError, OverlapError, RangeError, TrackerClosed
-from pagescan.testing import BackendConformance, RealHarness
 
 PS = pagescan.PAGE_SIZE
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("mprotect_ok")]
@@ -116,13 +115,7 @@ def track(obj, *a, **kw):
     return pagescan.track(obj, *a, backend="mprotect", **kw)
 
 
-# -------------------------------------------------------------- the shared suite
-
-
-class TestConformance(BackendConformance):
-    @pytest.fixture
-    def harness(self):
-        return RealHarness("mprotect")
+# The shared conformance suite runs for mprotect from tests/test_conformance.py.
 
 
 # ----------------------------------------------------------------- registration

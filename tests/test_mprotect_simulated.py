@@ -10,7 +10,6 @@ simulated one and require the same answers, the same errors and the same mapping
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import errno
 import mmap
@@ -23,7 +22,7 @@ import pytest
 from conftest import require
 
 import pagescan
-from pagescan import Category, Masks, writewatch
+from pagescan import Category, Masks
 from pagescan.backends.mprotect import MapCountWarning, MprotectBackend
 from pagescan.constants import (MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_EXEC,
                                 PROT_NONE, PROT_READ, PROT_WRITE)
@@ -31,7 +30,6 @@ from pagescan.errors import KernelError, OverlapError, RangeError, TrackerClosed
 from pagescan.simulator import SimKernel, SimProcess
 from pagescan.simulator.sigsegv import SimWriteTrap, write_trap
 from pagescan.simulator.errors import SegmentationFault
-from pagescan.testing import BackendConformance, Harness
 
 P = 4096
 RW = PROT_READ | PROT_WRITE
@@ -60,57 +58,8 @@ def sim() -> SimProcess:
     return SimProcess(base=0x7E0000000000, size=64 << 20)
 
 
-# ------------------------------------------------------------- the shared suite
-
-
-class SimMprotectWatched:
-    """A write-watched allocation of a simulated process, tracked by mprotect."""
-
-    def __init__(self, sim: SimProcess, size: int) -> None:
-        self.size = -(-size // P) * P
-        self.sim = sim
-        self.address = sim.mmap(self.size)
-        self.tracker = sim_track(sim, self.address, self.size)
-        with writewatch._lock:
-            bisect.insort(writewatch._starts, self.tracker.start)
-            writewatch._allocs.setdefault(self.tracker.start, []).append(self)
-
-    def close(self) -> None:
-        writewatch._forget(self)  # type: ignore[arg-type]
-        self.tracker.close()
-        self.sim.munmap(self.address, self.size)
-
-
-class SimMprotectHarness(Harness):
-    backend = "simulator"
-    mechanism = "mprotect"
-
-    def __init__(self) -> None:
-        self.sim = SimProcess()
-        self.sizes: dict[int, int] = {}
-
-    def alloc(self, npages: int) -> int:
-        addr = self.sim.mmap(npages * P)
-        self.sizes[addr] = npages * P
-        return addr
-
-    def write(self, address: int, value: int = 1) -> None:
-        self.sim.write(address)
-
-    def free(self, address: int) -> None:
-        self.sim.munmap(address, self.sizes.pop(address))
-
-    def track(self, address: int, length: int, **kw: Any) -> pagescan.Tracker:
-        return sim_track(self.sim, address, length, **kw)
-
-    def alloc_write_watch(self, size: int) -> Any:
-        return SimMprotectWatched(self.sim, size)
-
-
-class TestSimulatedMprotectConformance(BackendConformance):
-    @pytest.fixture
-    def harness(self):
-        return SimMprotectHarness()
+# The shared conformance suite runs for simulator/mprotect from
+# tests/test_conformance.py (pagescan.testing.SimHarness("mprotect")).
 
 
 # --------------------------------------------------------- the backend's own code
