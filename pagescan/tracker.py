@@ -286,7 +286,7 @@ class Tracker:
         self._inflight.append(tid)
         backend = self._backend
         if backend is None or self._forked:
-            self._inflight.remove(tid)
+            self._leave()                       # (wakes a close() that saw this call)
             self._live()                        # raises TrackerClosed
         return backend  # type: ignore[return-value]
 
