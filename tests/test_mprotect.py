@@ -1150,13 +1150,14 @@ _ALARM_C = r"""
 #include <sys/time.h>
 static uint8_t *base;
 static size_t npages, psz;
-static uint64_t fired;
+static uint64_t fired, done;
 uint64_t counts[256];
 /* an asynchronous signal handler that stores into tracked memory */
 static void on_alarm(int sig) {
     uint64_t n = __atomic_fetch_add(&fired, 1, __ATOMIC_SEQ_CST) % npages;
     __atomic_add_fetch((uint64_t *)(base + n * psz), 1, __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&counts[n], 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&done, 1, __ATOMIC_SEQ_CST);
     (void)sig;
 }
 int alarm_start(void *addr, size_t pages, size_t page_size, long usec) {
@@ -1172,10 +1173,14 @@ int alarm_start(void *addr, size_t pages, size_t page_size, long usec) {
     it.it_value = it.it_interval;
     return setitimer(ITIMER_REAL, &it, NULL);
 }
+/* disarm the timer, then wait for a handler still running (on any thread) */
 int alarm_stop(void) {
     struct itimerval it;
     memset(&it, 0, sizeof(it));
-    return setitimer(ITIMER_REAL, &it, NULL);
+    if (setitimer(ITIMER_REAL, &it, NULL) < 0) return -1;
+    while (__atomic_load_n(&done, __ATOMIC_SEQ_CST) != __atomic_load_n(&fired, __ATOMIC_SEQ_CST))
+        ;
+    return 0;
 }
 uint64_t alarm_fired(void) { return __atomic_load_n(&fired, __ATOMIC_SEQ_CST); }
 """
@@ -1197,8 +1202,13 @@ def test_signal_handler_writing_tracked_memory_while_collecting(tmp_path):
     src, so = tmp_path / "alarm.c", tmp_path / "alarm.so"
     src.write_text(_ALARM_C)
     subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+    # SIGALRM is process-directed: blocked before numpy starts its OpenBLAS threads
+    # (they inherit the mask), so that the handler runs on the collecting thread only
     code = f"""
-        import ctypes, signal, numpy as np, pagescan
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}})
+        import ctypes, numpy as np, pagescan
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGALRM}})
         lib = ctypes.CDLL({str(so)!r})
         lib.alarm_start.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
                                     ctypes.c_long]
