@@ -7,6 +7,7 @@ kept equal by the hypothesis tests. Arguments are checked by the shared
 ``_args`` helpers (O(1) per call) so that both raise the same errors.
 """
 
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memset
@@ -122,7 +123,7 @@ def _regionarray_from_array(data):
     if (not isinstance(data, _array.array) or data.typecode not in ("Q", "L")
             or data.itemsize != 8 or len(data) % 3):
         raise ValueError("RegionArray pickle data must be an array('Q') of triples")
-    cdef RegionArray out = RegionArray()
+    cdef RegionArray out = RegionArray.__new__(RegionArray)
     cdef Py_ssize_t n = len(data) // 3
     cdef Py_buffer view
     if n:
@@ -137,6 +138,7 @@ def _regionarray_from_array(data):
 # ----------------------------------------------------------------- RegionArray
 
 
+@cython.freelist(8)
 cdef class RegionArray:
     """Regions laid out as ``struct page_region`` (three u64 each: start, end, categories).
 
@@ -239,8 +241,9 @@ cdef class RegionArray:
 
     def __getitem__(self, i):
         cdef Py_ssize_t j
+        cdef RegionArray out
         if isinstance(i, slice):
-            out = RegionArray()
+            out = RegionArray.__new__(RegionArray)
             for j in range(*i.indices(self.n)):
                 out.push(self.data[3 * j], self.data[3 * j + 1], self.data[3 * j + 2])
             return out
@@ -782,7 +785,7 @@ def coalesce(*parts):
     """Concatenate region lists in order, merging a region into the previous one
     when it starts where that one ends and has the same categories: the repair
     for a run that resumed calls split in two."""
-    cdef RegionArray out = RegionArray(), p
+    cdef RegionArray out = RegionArray.__new__(RegionArray), p
     cdef uint64_t tmp[3]
     cdef Py_ssize_t k = 0, i
     for part in parts:

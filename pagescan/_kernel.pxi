@@ -22,8 +22,13 @@ cdef uint64_t PAGE_SHIFT = int(_os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
 
 # Regions asked of the kernel per call when the caller set no limit: the first
 # chunk, then geometric growth (every call writes straight into the result).
+# The kernel bounces regions through a kmalloc'd buffer of min(vec_len, 512)
+# entries of 24 bytes: past 8 KiB (341 entries) that is a page allocation per call
+# (SLUB's largest kmalloc cache is two pages), about 0.5 us on a small answer. So
+# the first call of a scan asks for at most 341; a scan that fills it pays the big
+# buffer on the calls after.
 cdef enum:
-    FIRST_CHUNK = 512
+    FIRST_CHUNK = 341
     MAX_CHUNK = 1 << 20
 
 
@@ -53,7 +58,7 @@ def pm_scan_once(fd, start, end, flags=0, inverted=0, mask=0, anyof=0, return_ma
 cdef _pm_scan_once(int fd, uint64_t start, uint64_t end, uint64_t flags, uint64_t inverted,
                    uint64_t mask, uint64_t anyof, uint64_t return_mask, uint64_t max_pages,
                    uint64_t vec_len):
-    cdef RegionArray out = RegionArray()
+    cdef RegionArray out = RegionArray.__new__(RegionArray)
     cdef kernel.pm_scan_arg a
     cdef int r
     out.reserve(vec_len if vec_len else 1)
@@ -106,9 +111,9 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
         raise ValueError("max_regions must be at least 1 for a kernel scan")
     if out is not None:
         return pm_scan_into(fd, start, end, flags, m, max_pages, mr, out)
-    cdef RegionArray out_ = RegionArray()
+    cdef RegionArray out_ = RegionArray.__new__(RegionArray)
     if m.matches_nothing or start >= end:
-        return ScanResult(out_, end if start < end else start)
+        return pagescan_pair(ScanResult, out_, end if start < end else start)
     cdef int64_t limit = mr
     cdef kernel.pm_scan_arg a
     cdef Py_ssize_t chunk = FIRST_CHUNK, want, k0
@@ -116,26 +121,33 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
     cdef int r = 0
     cdef Py_ssize_t i
     cdef uint64_t* d
+    cdef uint64_t* d0
     cdef uint64_t shift = PAGE_SHIFT
     a.size = sizeof(a)
     a.flags = flags
     a.end = end
     a.category_inverted, a.category_mask, a.category_anyof_mask, a.return_mask = m.to_kernel()
     a.start = start
+    # the first call writes to the stack: the result is then allocated at its size
+    # (most answers are small; a 12 KiB malloc and free per call is not)
+    cdef uint64_t first[3 * FIRST_CHUNK]
+    d0 = first
     while True:
         want = chunk
         if limit >= 0 and want > limit - out_.n:
             want = limit - out_.n
-        out_.reserve(out_.n + want)
         k0 = out_.n
+        if d0 == NULL:
+            out_.reserve(out_.n + want)
+            d0 = out_.data
         a.walk_end = 0
-        a.vec = <uint64_t>(out_.data + 3 * k0)
+        a.vec = <uint64_t>(d0 + 3 * k0)
         a.vec_len = want
         a.max_pages = (max_pages - found) if max_pages else 0
         with nogil:
             r = pm_call(fd, &a)
             if r > 0:
-                d = out_.data
+                d = d0
                 last_end = d[3 * (k0 + r) - 2]
                 if a.walk_end < last_end:        # stale: the call completed the range
                     a.walk_end = end
@@ -148,6 +160,10 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
                     r -= 1
         if r < 0:
             raise _oserror(-r, "PAGEMAP_SCAN")
+        if d0 == first and r:
+            out_.reserve(r)
+            memcpy(out_.data, first, <size_t>r * sizeof(kernel.page_region))
+        d0 = NULL
         out_.n = k0 + r
         walk_end = a.walk_end
         if walk_end >= end or (max_pages and found >= max_pages):
@@ -159,7 +175,7 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
         a.start = walk_end
         if chunk < MAX_CHUNK:
             chunk *= 4
-    return ScanResult(out_, walk_end)
+    return pagescan_pair(ScanResult, out_, walk_end)
 
 
 cdef pm_scan_into(int fd, uint64_t start, uint64_t end, uint64_t flags, m,
@@ -169,7 +185,7 @@ cdef pm_scan_into(int fd, uint64_t start, uint64_t end, uint64_t flags, m,
     ob.acquire(out)
     if m.matches_nothing or start >= end:
         ob.set_count(0)
-        return ScanCount(0, end if start < end else start)
+        return pagescan_pair(ScanCount, 0, end if start < end else start)
     cdef Py_ssize_t limit = ob.cap if mr < 0 or mr > ob.cap else <Py_ssize_t>mr
     cdef kernel.pm_scan_arg a
     cdef Py_ssize_t k = 0, k0, i
@@ -190,6 +206,8 @@ cdef pm_scan_into(int fd, uint64_t start, uint64_t end, uint64_t flags, m,
             a.walk_end = 0
             a.vec = <uint64_t>(d + 3 * k0)
             a.vec_len = <uint64_t>(limit - k0)
+            if k0 == 0 and a.vec_len > FIRST_CHUNK:
+                a.vec_len = FIRST_CHUNK          # small answers: a small kernel buffer
             a.max_pages = (max_pages - found) if max_pages else 0
             r = pm_call(fd, &a)
             if r > 0:
@@ -214,7 +232,7 @@ cdef pm_scan_into(int fd, uint64_t start, uint64_t end, uint64_t flags, m,
             break                                # no progress (hugetlb withdrawn): stop here
         a.start = walk_end
     ob.set_count(k)
-    return ScanCount(k, walk_end)
+    return pagescan_pair(ScanCount, k, walk_end)
 
 
 def uffd_open(flags):

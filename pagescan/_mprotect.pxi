@@ -95,7 +95,7 @@ cdef _mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks, max_pages, m
               bint reset):
     m = coerce_masks(masks)
     mp, mr = check_limits(max_pages, max_regions)
-    cdef RegionArray out = RegionArray()
+    cdef RegionArray out = RegionArray.__new__(RegionArray)
     cdef Filter f
     cdef uint64_t shift = PAGE_SHIFT
     cdef size_t n = <size_t>((end - start) >> shift) if end > start else 0
@@ -105,7 +105,7 @@ cdef _mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks, max_pages, m
     cdef int exact = 1
     cdef int64_t left = 0
     if n == 0:
-        return ScanResult(out, end), 0
+        return pagescan_pair(ScanResult, out, end), 0
     snap = <uint8_t*>malloc(n)
     if snap == NULL:
         raise MemoryError()
@@ -115,7 +115,7 @@ cdef _mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks, max_pages, m
         if r < 0:
             raise _oserror(-r, "mprotect tracker: scan")
         if m.matches_nothing:
-            return ScanResult(out, end), 0
+            return pagescan_pair(ScanResult, out, end), 0
         f.inverted = m.inverted
         f.mask = m.mask
         f.anyof = m.anyof
@@ -134,7 +134,7 @@ cdef _mp_scan(uint64_t handle, uint64_t start, uint64_t end, masks, max_pages, m
             raise _oserror(<int>-left, "mprotect")
     finally:
         free(snap)
-    return ScanResult(out, walk_end), left
+    return pagescan_pair(ScanResult, out, walk_end), left
 
 
 def mp_stats(handle=0):
