@@ -412,6 +412,9 @@ cdef extern from "_scan.h":
     int pagescan_scan_u8(const uint8_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
                          uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
                          Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    # pagemap entries -> categories, branch-free (PFNZERO is the caller's)
+    void pagescan_pagemap_categories(const uint64_t*, uint64_t*, Py_ssize_t, uint64_t,
+                                     uint64_t, int) noexcept nogil
 
 
 cdef int scan_run(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,
@@ -730,6 +733,12 @@ def pagemap_to_categories(entries, *, wpallowed=False, none_written=False, zero_
         raise
     cdef const uint64_t* ps = <const uint64_t*>src.buf
     cdef uint64_t* pd = <uint64_t*>dst.buf
+    if not have_zero:
+        with nogil:
+            pagescan_pagemap_categories(ps, pd, n, base, none_cat, sdw)
+        PyBuffer_Release(&dst)
+        PyBuffer_Release(&src)
+        return result
     with nogil:
         for i in range(n):
             e = ps[i]

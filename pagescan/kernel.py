@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -503,6 +504,8 @@ class LinuxWriteTrap(WriteTrap):
 _LINUX_TRAP: list[LinuxWriteTrap] = []
 
 
+#: room for a mapping's name (PATH_MAX, with its NUL)
+_NAME_MAX = 4096
 #: set once PROCMAP_QUERY was refused (a kernel before 6.11): ask /proc text instead
 _PROCMAP_QUERY_MISSING: list[bool] = []
 
@@ -601,15 +604,19 @@ class LinuxKernel(Kernel):
         return procfs.parse_maps_in(text, start, end)
 
     def _query_mappings(self, start: int, end: int) -> list[Mapping]:
-        """PROCMAP_QUERY, one ioctl per mapping (no path: ``path`` is ``""``)."""
+        """PROCMAP_QUERY, one ioctl per mapping, each with its name as /proc/PID/maps
+        shows it (a file's path, ``[heap]``, ``[vvar]``, ...; ``""`` for none)."""
         fd = self._fd("maps")
         out: list[Mapping] = []
         addr = start
         q = bytearray(PROCMAP_QUERY_SIZE)
+        name = ctypes.create_string_buffer(_NAME_MAX)
+        name_addr = ctypes.addressof(name)
         while addr < end:
             struct.pack_into("<QQQ", q, 0, PROCMAP_QUERY_SIZE,
                              PROCMAP_QUERY_COVERING_OR_NEXT_VMA, addr)
             q[24:] = bytes(PROCMAP_QUERY_SIZE - 24)
+            struct.pack_into("<IIQ", q, 80, _NAME_MAX, 0, name_addr)
             try:
                 fcntl.ioctl(fd, PROCMAP_QUERY, q)
             except OSError as err:
@@ -617,7 +624,7 @@ class LinuxKernel(Kernel):
                     break
                 raise
             (lo, hi, flags, _psize, offset, inode,
-             major, minor) = struct.unpack_from("<QQQQQQII", q, 24)
+             major, minor, name_size) = struct.unpack_from("<QQQQQQIII", q, 24)
             if lo >= end:
                 break
             perms = "".join((
@@ -625,7 +632,8 @@ class LinuxKernel(Kernel):
                 "w" if flags & PROCMAP_QUERY_VMA_WRITABLE else "-",
                 "x" if flags & PROCMAP_QUERY_VMA_EXECUTABLE else "-",
                 "s" if flags & PROCMAP_QUERY_VMA_SHARED else "p"))
-            out.append(Mapping(lo, hi, perms, offset, f"{major:02x}:{minor:02x}", inode))
+            path = name.raw[:name_size - 1].decode(errors="surrogateescape") if name_size else ""
+            out.append(Mapping(lo, hi, perms, offset, f"{major:02x}:{minor:02x}", inode, path))
             addr = hi
         return out
 

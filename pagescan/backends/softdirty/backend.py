@@ -122,7 +122,7 @@ class SoftDirtyBackend(Backend):
         rng = _Range(start, end)
         with t.lock:
             if not rng.whole:
-                segs = segments(t.vmas(), start, end)
+                segs = segments(t.vmas_in(start, end), start, end)
                 if segs != [(start, end)]:
                     raise RangeError(f"[0x{start:x}, 0x{end:x}) is not entirely mapped in "
                                      f"process {t.pid}")
