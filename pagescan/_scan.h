@@ -52,11 +52,19 @@ static int pagescan_grow(uint64_t **data, Py_ssize_t *cap, Py_ssize_t need)
 #define PAGESCAN_HOT
 #endif
 
+/* Built twice on x86-64 with GCC: for AVX2 (4 u64 per compare in the 8-page
+ * steps) and for the baseline; the loader picks one (an ifunc). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PAGESCAN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PAGESCAN_CLONES
+#endif
+
 #define PS_MATCHES(c) ((((c) & S) == W) & (!ANYOF | (((c) & A) != AV)))
 #define PS_EXTENDS(c) ((((c) & M) == K) & (!ANYOF | (((c) & A) != AV)))
 
 #define PAGESCAN_DEFINE_SCAN(NAME, T, HOLE, ANY)                                    \
-PAGESCAN_HOT static int                                                             \
+PAGESCAN_HOT PAGESCAN_CLONES static int                                              \
 NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                      \
                 uint64_t inverted, uint64_t mask, uint64_t anyof, uint64_t ret,     \
                 uint64_t max_pages, int64_t max_regions, uint64_t **data,           \
@@ -79,8 +87,13 @@ NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                  
                     int any = 0;                                                    \
                     for (int q = 0; q < 8; q++)                                     \
                         any |= PS_MATCHES((uint64_t)cats[i + q]);                   \
-                    if (any)                                                        \
+                    if (any) {          /* where: the lowest bit, without a branch */ \
+                        unsigned m = 0;                                             \
+                        for (int q = 0; q < 8; q++)                                 \
+                            m |= (unsigned)PS_MATCHES((uint64_t)cats[i + q]) << q;  \
+                        i += __builtin_ctz(m);                                      \
                         break;                                                      \
+                    }                                                               \
                     i += 8;                                                         \
                 }                                                                   \
                 while (i < n && !PS_MATCHES((uint64_t)cats[i]))                     \
@@ -174,11 +187,6 @@ pagescan_entry_categories(uint64_t e, uint64_t base, uint64_t none_cat, int sdw)
 }
 #undef PS_BIT
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define PAGESCAN_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PAGESCAN_CLONES
-#endif
 
 PAGESCAN_CLONES static void
 pagescan_pagemap_categories(const uint64_t *src, uint64_t *dst, Py_ssize_t n,
