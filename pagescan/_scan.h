@@ -52,9 +52,9 @@ static int pagescan_grow(uint64_t **data, Py_ssize_t *cap, Py_ssize_t need)
 #define PAGESCAN_HOT
 #endif
 
-/* Built twice on x86-64 with GCC: for AVX2 (4 u64 per compare in the 8-page
- * steps) and for the baseline; the loader picks one (an ifunc). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* Built twice on x86-64 with GCC and glibc (an ifunc picks one at load): for AVX2
+ * (4 u64 per compare in the 8-page steps) and for the baseline. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define PAGESCAN_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define PAGESCAN_CLONES
