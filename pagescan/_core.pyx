@@ -412,9 +412,26 @@ cdef extern from "_scan.h":
     int pagescan_scan_u8(const uint8_t*, Py_ssize_t, uint64_t, uint64_t, uint64_t,
                          uint64_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t**,
                          Py_ssize_t*, Py_ssize_t*, uint64_t*) noexcept nogil
+    # the vector gap skip's instruction set: 1 AVX2, 0 SSE2, -1 the CPU's best
+    int pagescan_simd_set(int) noexcept nogil
+    int pagescan_simd_get() noexcept nogil
     # pagemap entries -> categories, branch-free (PFNZERO is the caller's)
     void pagescan_pagemap_categories(const uint64_t*, uint64_t*, Py_ssize_t, uint64_t,
                                      uint64_t, int) noexcept nogil
+
+
+def _simd(str isa=None):
+    """The instruction set of the run loop's vector gap skip: "avx2", "sse2", or
+    None where there is none (not x86-64). ``isa`` forces one for the tests ("avx2"
+    only where the CPU has it; "auto": the CPU's best)."""
+    cdef int r
+    if isa is None:
+        r = pagescan_simd_get()
+    elif isa in ("auto", "avx2", "sse2"):
+        r = pagescan_simd_set({"auto": -1, "avx2": 1, "sse2": 0}[isa])
+    else:
+        raise ValueError(f"isa must be 'auto', 'avx2' or 'sse2'; got {isa!r}")
+    return None if r < 0 else ("avx2" if r else "sse2")
 
 
 cdef int scan_run(const cat_t* cats, Py_ssize_t n, uint64_t start, uint64_t ps,

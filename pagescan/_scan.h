@@ -60,6 +60,99 @@ static int pagescan_grow(uint64_t **data, Py_ssize_t *cap, Py_ssize_t need)
 #define PAGESCAN_CLONES
 #endif
 
+/* A long gap of u64 categories without anyof (the common case): the first page
+ * from i on with (c & s) == w, 8 pages a step in vector registers (AVX2 where the
+ * CPU has it, else SSE2), its place within the step from a movemask; fewer than 8
+ * pages left: returns there, for the caller's scalar test. GCC does not vectorise
+ * the scalar test by itself (a 64-bit compare per page, sparse 1%: 8.3 -> 6.9 ms
+ * on 2^24 pages). Out of line, so that the run loop keeps its registers. The
+ * caller tests the page it returns again: stopping early only costs time, stopping
+ * late would lose a match (the tests run both instruction sets). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx2"), noinline)) static Py_ssize_t
+pagescan_skip_u64_avx2(const uint64_t *c, Py_ssize_t i, Py_ssize_t n, uint64_t s, uint64_t w)
+{
+    const __m256i vs = _mm256_set1_epi64x((long long)s), vw = _mm256_set1_epi64x((long long)w);
+    for (; i + 8 <= n; i += 8) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(c + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(c + i + 4));
+        __m256i ea = _mm256_cmpeq_epi64(_mm256_and_si256(a, vs), vw);
+        __m256i eb = _mm256_cmpeq_epi64(_mm256_and_si256(b, vs), vw);
+        if (!_mm256_testz_si256(_mm256_or_si256(ea, eb), _mm256_or_si256(ea, eb))) {
+            unsigned m = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(ea))
+                       | (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(eb)) << 4;
+            return i + __builtin_ctz(m);
+        }
+    }
+    return i;
+}
+
+__attribute__((noinline)) static Py_ssize_t
+pagescan_skip_u64_sse2(const uint64_t *c, Py_ssize_t i, Py_ssize_t n, uint64_t s, uint64_t w)
+{
+    const __m128i vs = _mm_set1_epi64x((long long)s), vw = _mm_set1_epi64x((long long)w);
+    for (; i + 8 <= n; i += 8) {
+        unsigned m = 0;
+        for (int q = 0; q < 8; q += 2) {
+            __m128i e = _mm_cmpeq_epi32(
+                _mm_and_si128(_mm_loadu_si128((const __m128i *)(c + i + q)), vs), vw);
+            e = _mm_and_si128(e, _mm_shuffle_epi32(e, _MM_SHUFFLE(2, 3, 0, 1)));
+            m |= (unsigned)_mm_movemask_pd(_mm_castsi128_pd(e)) << q;
+        }
+        if (m)
+            return i + __builtin_ctz(m);
+    }
+    return i;
+}
+
+/* "avx2" or "sse2": what pagescan_skip_u64 uses; the tests force each in turn
+ * (pagescan._core._simd) */
+static int pagescan_use_avx2 = -1;
+
+static int pagescan_simd_set(int avx2)
+{
+    if (avx2 < 0 || (avx2 && !__builtin_cpu_supports("avx2")))
+        avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    pagescan_use_avx2 = avx2;
+    return avx2;
+}
+
+static int pagescan_simd_get(void)
+{
+    return pagescan_use_avx2 < 0 ? pagescan_simd_set(-1) : pagescan_use_avx2;
+}
+
+static Py_ssize_t
+pagescan_skip_u64(const uint64_t *c, Py_ssize_t i, Py_ssize_t n, uint64_t s, uint64_t w)
+{
+    if (pagescan_use_avx2 < 0)
+        pagescan_simd_set(-1);
+    return pagescan_use_avx2 ? pagescan_skip_u64_avx2(c, i, n, s, w)
+                             : pagescan_skip_u64_sse2(c, i, n, s, w);
+}
+#define PAGESCAN_HAVE_SKIP 1
+#else
+#define PAGESCAN_HAVE_SKIP 0
+static int pagescan_simd_set(int avx2)
+{
+    (void)avx2;
+    return -1;                          /* no vector skip on this platform */
+}
+
+static int pagescan_simd_get(void)
+{
+    return -1;
+}
+
+static Py_ssize_t
+pagescan_skip_u64(const uint64_t *c, Py_ssize_t i, Py_ssize_t n, uint64_t s, uint64_t w)
+{
+    (void)c; (void)n; (void)s; (void)w;
+    return i;
+}
+#endif
+
 #define PS_MATCHES(c) ((((c) & S) == W) & (!ANYOF | (((c) & A) != AV)))
 #define PS_EXTENDS(c) ((((c) & M) == K) & (!ANYOF | (((c) & A) != AV)))
 
@@ -73,8 +166,13 @@ NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                  
     const uint64_t S = mask | (HOLE), W = mask & ~inverted, M = S | ret;            \
     const uint64_t A = anyof, AV = inverted & anyof;                                \
     const int ANYOF = (ANY);                                                        \
-    uint64_t found = 0;                                                             \
-    Py_ssize_t i = 0, k = *nreg, kcap = *cap;                                       \
+    /* the limits, folded so that the loop keeps few values live: pages still     \
+       allowed (no limit: never reached), and the next k that needs a look (the   \
+       buffer is full, or max_regions is reached) */                              \
+    uint64_t left = max_pages ? max_pages : UINT64_MAX;                             \
+    const Py_ssize_t kmax = max_regions >= 0 ? (Py_ssize_t)max_regions : PY_SSIZE_T_MAX; \
+    Py_ssize_t i = 0, k = *nreg;                                                    \
+    Py_ssize_t klim = *cap < kmax ? *cap : kmax;                                    \
     uint64_t *d = *data;                                                            \
     while (i < n) {                                                                 \
         if (!PS_MATCHES((uint64_t)cats[i])) {   /* skip the gap */                  \
@@ -83,7 +181,9 @@ NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                  
             while (i < sfirst && !PS_MATCHES((uint64_t)cats[i]))                    \
                 i++;                                                                \
             if (i == sfirst) {                  /* a long gap: 8 at a time */       \
-                while (i + 8 <= n) {                                                \
+                if (PAGESCAN_HAVE_SKIP && sizeof(T) == 8 && !ANYOF)                 \
+                    i = pagescan_skip_u64((const uint64_t *)cats, i, n, S, W);      \
+                else while (i + 8 <= n) {                                           \
                     int any = 0;                                                    \
                     for (int q = 0; q < 8; q++)                                     \
                         any |= PS_MATCHES((uint64_t)cats[i + q]);                   \
@@ -103,15 +203,22 @@ NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                  
                 break;                                                              \
         }                                                                           \
         /* page i matches and starts a new region */                                \
-        if ((max_pages && found == max_pages)                                       \
-                || (max_regions >= 0 && k == max_regions)) {                        \
-            *walk_end = start + (uint64_t)i * ps;                                   \
-            break;                                                                  \
+        if ((k >= klim) | (left == 0)) {                                            \
+            if (left == 0 || k >= kmax) {                                           \
+                *walk_end = start + (uint64_t)i * ps;                               \
+                break;                                                              \
+            }                                                                       \
+            if (pagescan_grow(data, cap, k + 1) < 0) {                              \
+                *nreg = k;                                                          \
+                return -1;                                                          \
+            }                                                                       \
+            d = *data;                                                              \
+            klim = *cap < kmax ? *cap : kmax;                                       \
         }                                                                           \
         const uint64_t o = (uint64_t)cats[i] & ret, K = W | o;                      \
         Py_ssize_t limit = n, j = i + 1;                                            \
-        if (max_pages && (uint64_t)(n - i) > max_pages - found)                     \
-            limit = i + (Py_ssize_t)(max_pages - found);                            \
+        if ((uint64_t)(n - i) > left)                                               \
+            limit = i + (Py_ssize_t)left;                                           \
         const Py_ssize_t first = limit - j > 8 ? j + 8 : limit;                     \
         while (j < first && PS_EXTENDS((uint64_t)cats[j]))   /* short runs */       \
             j++;                                                                    \
@@ -127,20 +234,11 @@ NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                  
             while (j < limit && PS_EXTENDS((uint64_t)cats[j]))                      \
                 j++;                                                                \
         }                                                                           \
-        if (k >= kcap) {                                                            \
-            *data = d;                                                              \
-            if (pagescan_grow(data, cap, k + 1) < 0) {                              \
-                *nreg = k;                                                          \
-                return -1;                                                          \
-            }                                                                       \
-            d = *data;                                                              \
-            kcap = *cap;                                                            \
-        }                                                                           \
         d[3 * k] = start + (uint64_t)i * ps;                                        \
         d[3 * k + 1] = start + (uint64_t)j * ps;                                    \
         d[3 * k + 2] = o;                                                           \
         k++;                                                                        \
-        found += (uint64_t)(j - i);                                                 \
+        left -= (uint64_t)(j - i);                                                  \
         i = j;                                                                      \
     }                                                                               \
     *nreg = k;                                                                      \

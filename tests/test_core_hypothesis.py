@@ -473,3 +473,33 @@ def test_pagemap_to_categories_every_top_bit_pattern(flags, zero_pfn):
     assert list(core.pagemap_to_categories(every, **kw)) == want
     assert [core.pagemap_to_categories(every[i:i + 1], **kw)[0]
             for i in range(len(every))] == want
+
+
+# ----------------------------------------------- the vector gap skip, per ISA
+
+_ISAS = [isa for isa in ("avx2", "sse2") if core._simd(isa) == isa]
+core._simd("auto")
+
+
+@settings(common, max_examples=scaled(40, 200))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 3000),
+       density=st.sampled_from([0.002, 0.02, 0.1, 0.5]),
+       required=st.sampled_from([2, 10, 0x1FF]), max_regions=st.sampled_from([None, 1, 7]))
+@pytest.mark.parametrize("isa", _ISAS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no vector gap skip on this platform"))])
+def test_sparse_u64_scan_under_each_isa(isa, seed, n, density, required, max_regions):
+    """u64 categories with matches scattered over long gaps (the vector skip finds
+    each one's place in its 8-page step, any position, near the end too): as the
+    reference, AVX2 and SSE2 alike."""
+    rng = np.random.default_rng(seed)
+    gap = rng.choice(np.array([0, 8, 0x1FD, HOLE | 0x1FF], np.uint64), n)
+    cats = np.where(rng.random(n) < density, np.uint64(0x1FF), gap).astype(np.uint64)
+    masks = Masks(required=required)
+    core._simd(isa)
+    try:
+        got = core.scan_pages(cats, start=1 << 30, masks=masks, max_regions=max_regions)
+    finally:
+        core._simd("auto")
+    want = ref.scan_pages(cats, start=1 << 30, masks=masks, max_regions=max_regions)
+    assert [tuple(r) for r in got.regions] == [tuple(r) for r in want.regions]
+    assert got.walk_end == want.walk_end
