@@ -423,8 +423,12 @@ class Tracker:
         """Regions as ``(start, end)`` byte offsets into the tracked object, clipped to
         it (a shared first or last page is cut at the object's edges)."""
         base, size = self.object_address, self.object_length
+        try:                        # a RegionArray: its rows as lists, at C speed
+            rows = memoryview(regions).tolist()  # type: ignore[arg-type]
+        except TypeError:
+            rows = regions
         out = []
-        for r in regions:
+        for r in rows:
             s, e = r[0], r[1]  # type: ignore[index]
             s, e = max(s - base, 0), min(e - base, size)
             if s < e:

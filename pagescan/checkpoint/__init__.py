@@ -69,6 +69,25 @@ def merge(*run_lists: Iterable[tuple[int, int]]) -> Runs:
     return [(s, e - s) for s, e in out]
 
 
+def _spans_to_runs(spans: list[tuple[int, int]], carry: Runs) -> Runs:
+    """Sorted ``(start, end)`` spans (one scan's) joined with ``carry`` runs, as
+    :func:`merge` gives them; without carry, in one pass (no sort)."""
+    if carry:
+        return merge(((s, e - s) for s, e in spans), carry)
+    out: list[tuple[int, int]] = []
+    ps = pe = -1
+    for s, e in spans:
+        if s <= pe:
+            pe = max(pe, e)
+        else:
+            if pe >= 0:
+                out.append((ps, pe - ps))
+            ps, pe = s, e
+    if pe >= 0:
+        out.append((ps, pe - ps))
+    return out
+
+
 def _byte_view(buf: Any, what: str) -> memoryview:
     try:
         mv = memoryview(buf)
@@ -431,10 +450,12 @@ class Checkpoint(_Base):
         state = "closed" if self.closed else f"{self.mode}, {self.length} bytes"
         return f"<pagescan.checkpoint.Checkpoint {self.path!r} {state}>"
 
-    def _dirty(self) -> Runs:
+    def _dirty(self) -> list[tuple[int, int]]:
+        """The written ``(start, end)`` byte spans, collected and reset in one step
+        (sorted: they come from one scan)."""
         assert self._tracker is not None
         t = self._tracker
-        return merge((o, e - o) for o, e in t.offsets(t.collect(reset=True).regions))
+        return t.offsets(t.collect(reset=True).regions)
 
     def save(self, *, wait: bool = True) -> Any:
         """Save the pages written since the previous save (the first save after
@@ -448,7 +469,7 @@ class Checkpoint(_Base):
         number = self._next
         base = self._need_base
         dirty = self._dirty()                 # collected and reset in one step
-        runs = [(0, self.length)] if base else merge(dirty, self._carry)
+        runs = [(0, self.length)] if base else _spans_to_runs(dirty, self._carry)
         if self.mode == "inline":
             return self._save_inline(number, base, runs, wait)
         return self._save_fork(number, base, runs, wait)
@@ -457,8 +478,7 @@ class Checkpoint(_Base):
         view = self._view
         assert view is not None
         try:
-            end = fmt.write_save(self._fd, self._end, number, base, runs,
-                                 lambda off, n: bytes(view[off:off + n]))
+            end = fmt.write_save(self._fd, self._end, number, base, runs, view=view)
         except BaseException as err:
             self._failed(runs, base)
             raise SaveFailed(f"save {number} of {self.path} failed: {err}") from err
@@ -554,7 +574,7 @@ def _child(fd: int, pos: int, number: int, base: bool, view: memoryview, r_runs:
                 not raw.endswith(_END_OF_RUNS):
             raise SaveFailed("the parent did not send the whole run list")
         runs = fmt.parse_runs(raw[8:-len(_END_OF_RUNS)])
-        fmt.write_save(fd, pos, number, base, runs, lambda off, n: view[off:off + n])
+        fmt.write_save(fd, pos, number, base, runs, view=view)
         os.write(w_status, b"ok")
         code = 0
     except BaseException as err:  # noqa: BLE001 - reported to the parent

@@ -14,7 +14,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,22 +369,48 @@ def save_size(runs: Sequence[tuple[int, int]]) -> int:
     return RECORD.size + RUN * len(runs) + sum(n for _, n in runs) + COMMIT_SIZE
 
 
+def _groups(runs: Sequence[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    """``runs`` in groups of at most CHUNK bytes (a longer run is cut)."""
+    group: list[tuple[int, int]] = []
+    size = 0
+    for off, n in runs:
+        while n:
+            k = min(n, CHUNK - size)
+            group.append((off, k))
+            size += k
+            off += k
+            n -= k
+            if size == CHUNK:
+                yield group
+                group, size = [], 0
+    if group:
+        yield group
+
+
 def write_save(fd: int, pos: int, number: int, base: bool,
-               runs: Sequence[tuple[int, int]], read: Callable[[int, int], Any],
-               sync: bool = True) -> int:
-    """Write save ``number`` (its data record and commit record) at ``pos``; ``read(off,
-    n)`` gives ``n`` bytes of the buffer at ``off`` (at most CHUNK at a time). Returns
-    the end of the save. The commit record is written last, then fsync."""
+               runs: Sequence[tuple[int, int]], read: Callable[[int, int], Any] | None = None,
+               sync: bool = True, *, view: memoryview | None = None) -> int:
+    """Write save ``number`` (its data record and commit record) at ``pos``. The data:
+    from ``view`` (bytes), gathered CHUNK bytes at a time into one copy (so that a
+    store racing the save cannot make the bytes written differ from the bytes
+    checksummed), or ``read(off, n)``, which gives ``n`` bytes at ``off`` (at most
+    CHUNK at a time). Returns the end of the save. The commit record is written
+    last, then fsync."""
     data = sum(n for _, n in runs)
     w = Writer(fd, pos)
     w.add(record_header(BASE if base else DELTA, number, RUN * len(runs) + data, len(runs)))
     w.add(runs_bytes(runs))
-    for off, n in runs:
-        while n:
-            k = min(n, CHUNK)
-            w.add(read(off, k))
-            off += k
-            n -= k
+    if view is not None:
+        for group in _groups(runs):
+            w.add(b"".join([view[off:off + n] for off, n in group]))
+    else:
+        assert read is not None
+        for off, n in runs:
+            while n:
+                k = min(n, CHUNK)
+                w.add(read(off, k))
+                off += k
+                n -= k
     commit = record_header(DONE, number, COMMIT.size, 0)
     body = COMMIT.pack(pos, data, time.time(), w.crc, 0)[:-4]
     w.add(commit + body + CRC.pack(zlib.crc32(commit + body)), crc=False)
