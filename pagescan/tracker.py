@@ -423,6 +423,7 @@ class Tracker:
         """Regions as ``(start, end)`` byte offsets into the tracked object, clipped to
         it (a shared first or last page is cut at the object's edges)."""
         base, size = self.object_address, self.object_length
+        rows: Any
         try:                        # a RegionArray: its rows as lists, at C speed
             rows = memoryview(regions).tolist()  # type: ignore[arg-type]
         except TypeError:
