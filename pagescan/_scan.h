@@ -3,8 +3,9 @@
  * The kernel's filter/merge/stop rules over n pages of categories (KERNEL-SPEC
  * §3-4; pagescan/_reference.py is the readable definition), run at a time:
  * skip the pages that do not match, then extend the region while pages continue
- * it. The first 8 pages of a gap or a run are tested one by one (one-page
- * regions cost a few compares), longer ones 8 pages per step with a fixed-count,
+ * it. A region whose next page does not continue it (fragmented memory's common
+ * case) is written at once; the first 8 pages of a gap or a run are tested one by
+ * one (one-page regions cost a few compares), longer ones 8 pages per step with a fixed-count,
  * branch-free body the compiler vectorises (long runs and gaps go near memory
  * speed). With x = c ^ inverted, "(x & mask) == mask" is "(c & S) == W" with
  * S = mask|HOLE, W = mask & ~inverted (a HOLE never matches); a page continues
@@ -216,23 +217,26 @@ NAME(const T *cats, Py_ssize_t n, uint64_t start, uint64_t ps,                  
             klim = *cap < kmax ? *cap : kmax;                                       \
         }                                                                           \
         const uint64_t o = (uint64_t)cats[i] & ret, K = W | o;                      \
-        Py_ssize_t limit = n, j = i + 1;                                            \
-        if ((uint64_t)(n - i) > left)                                               \
-            limit = i + (Py_ssize_t)left;                                           \
-        const Py_ssize_t first = limit - j > 8 ? j + 8 : limit;                     \
-        while (j < first && PS_EXTENDS((uint64_t)cats[j]))   /* short runs */       \
-            j++;                                                                    \
-        if (j == first) {                       /* a long run: 8 at a time */       \
-            while (j + 8 <= limit) {                                                \
-                int all = 1;                                                        \
-                for (int q = 0; q < 8; q++)                                         \
-                    all &= PS_EXTENDS((uint64_t)cats[j + q]);                       \
-                if (!all)                                                           \
-                    break;                                                          \
-                j += 8;                                                             \
-            }                                                                       \
-            while (j < limit && PS_EXTENDS((uint64_t)cats[j]))                      \
+        Py_ssize_t j = i + 1;                                                       \
+        if (j < n && PS_EXTENDS((uint64_t)cats[j])) {   /* not a one-page region */ \
+            Py_ssize_t limit = n;                                                   \
+            if ((uint64_t)(n - i) > left)                                           \
+                limit = i + (Py_ssize_t)left;                                       \
+            const Py_ssize_t first = limit - j > 8 ? j + 8 : limit;                 \
+            while (j < first && PS_EXTENDS((uint64_t)cats[j]))   /* short runs */   \
                 j++;                                                                \
+            if (j == first) {                     /* a long run: 8 at a time */     \
+                while (j + 8 <= limit) {                                            \
+                    int all = 1;                                                    \
+                    for (int q = 0; q < 8; q++)                                     \
+                        all &= PS_EXTENDS((uint64_t)cats[j + q]);                   \
+                    if (!all)                                                       \
+                        break;                                                      \
+                    j += 8;                                                         \
+                }                                                                   \
+                while (j < limit && PS_EXTENDS((uint64_t)cats[j]))                  \
+                    j++;                                                            \
+            }                                                                       \
         }                                                                           \
         d[3 * k] = start + (uint64_t)i * ps;                                        \
         d[3 * k + 1] = start + (uint64_t)j * ps;                                    \
