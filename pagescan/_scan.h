@@ -1,13 +1,13 @@
 /* The run loop of scan_pages (pagescan/_core.pyx: scan_run), in plain C.
  *
- * The kernel's filter/merge/stop rules over n pages of categories (KERNEL-SPEC
- * §3-4; pagescan/_reference.py is the readable definition), run at a time:
- * skip the pages that do not match, then extend the region while pages continue
- * it. A region whose next page does not continue it (fragmented memory's common
- * case) is written at once; the first 8 pages of a gap or a run are tested one by
- * one (one-page regions cost a few compares), longer ones 8 pages per step with a fixed-count,
- * branch-free body the compiler vectorises (long runs and gaps go near memory
- * speed). With x = c ^ inverted, "(x & mask) == mask" is "(c & S) == W" with
+ * The kernel's filter/merge/stop rules over n pages of categories (docs/kernel.md,
+ * 'Filter' and 'Output'; pagescan/_reference.py is the readable definition), run
+ * at a time: skip the pages that do not match, then extend the region while pages
+ * continue it. A region whose next page does not continue it (fragmented memory's
+ * common case) is written at once; the first 8 pages of a gap or a run are tested
+ * one by one (one-page regions cost a few compares), longer ones 8 pages per step
+ * with a fixed-count, branch-free body (long runs and gaps go near memory speed;
+ * a long gap of u64 categories in vector registers, below). With x = c ^ inverted, "(x & mask) == mask" is "(c & S) == W" with
  * S = mask|HOLE, W = mask & ~inverted (a HOLE never matches); a page continues
  * the open region with categories o iff it matches and c & ret == o, i.e.
  * (c & (S|ret)) == (W|o). Each item size is compiled twice: with the anyof test
