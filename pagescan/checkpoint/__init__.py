@@ -493,6 +493,10 @@ class Checkpoint(_Base):
         assert self._tracker is not None
         assert self._view is not None
         pipes: list[int] = []
+        # the run list's bytes and the save's size, made before the fork: after it,
+        # every page of the heap this process touches is copied (copy-on-write)
+        payload = fmt.runs_bytes(runs) + _END_OF_RUNS
+        size = fmt.save_size(runs)
         try:
             r_runs, w_runs = os.pipe()
             pipes += (r_runs, w_runs)
@@ -517,10 +521,13 @@ class Checkpoint(_Base):
                 # but were not collected: the child saves them too (they are saved again
                 # by the next save, as they are still marked written)
                 t = self._tracker
-                p._runs = runs = merge(runs, ((o, e - o) for o, e in t.offsets(t.written())))
-            p._end = self._end + fmt.save_size(runs)
+                late = t.offsets(t.written())
+                if late:
+                    p._runs = runs = merge(runs, ((o, e - o) for o, e in late))
+                    payload = fmt.runs_bytes(runs) + _END_OF_RUNS
+                    size = fmt.save_size(runs)
+            p._end = self._end + size
             # count, runs, and an end mark: a list cut short is refused by the child
-            payload = fmt.runs_bytes(runs) + _END_OF_RUNS
             try:
                 os.write(w_runs, len(runs).to_bytes(8, "little"))
                 view = memoryview(payload)
@@ -574,7 +581,9 @@ def _child(fd: int, pos: int, number: int, base: bool, view: memoryview, r_runs:
                 not raw.endswith(_END_OF_RUNS):
             raise SaveFailed("the parent did not send the whole run list")
         runs = fmt.parse_runs(raw[8:-len(_END_OF_RUNS)])
-        fmt.write_save(fd, pos, number, base, runs, view=view)
+        # straight from the child's memory, a snapshot nobody writes: no copy (a
+        # gathering buffer would be page-faulted afresh in every child)
+        fmt.write_save(fd, pos, number, base, runs, lambda off, n: view[off:off + n])
         os.write(w_status, b"ok")
         code = 0
     except BaseException as err:  # noqa: BLE001 - reported to the parent
