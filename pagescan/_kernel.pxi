@@ -121,7 +121,6 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
     cdef int r = 0
     cdef Py_ssize_t i
     cdef uint64_t* d
-    cdef uint64_t* d0
     cdef uint64_t shift = PAGE_SHIFT
     a.size = sizeof(a)
     a.flags = flags
@@ -129,25 +128,24 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
     a.category_inverted, a.category_mask, a.category_anyof_mask, a.return_mask = m.to_kernel()
     a.start = start
     # the first call writes to the stack: the result is then allocated at its size
-    # (most answers are small; a 12 KiB malloc and free per call is not)
+    # (most answers are small: no malloc and free of a first chunk per call)
     cdef uint64_t first[3 * FIRST_CHUNK]
-    d0 = first
+    d = first
     while True:
         want = chunk
         if limit >= 0 and want > limit - out_.n:
             want = limit - out_.n
         k0 = out_.n
-        if d0 == NULL:
+        if d == NULL:
             out_.reserve(out_.n + want)
-            d0 = out_.data
+            d = out_.data
         a.walk_end = 0
-        a.vec = <uint64_t>(d0 + 3 * k0)
+        a.vec = <uint64_t>(d + 3 * k0)
         a.vec_len = want
         a.max_pages = (max_pages - found) if max_pages else 0
         with nogil:
             r = pm_call(fd, &a)
             if r > 0:
-                d = d0
                 last_end = d[3 * (k0 + r) - 2]
                 if a.walk_end < last_end:        # stale: the call completed the range
                     a.walk_end = end
@@ -160,10 +158,10 @@ cdef _pm_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, masks, uint6
                     r -= 1
         if r < 0:
             raise _oserror(-r, "PAGEMAP_SCAN")
-        if d0 == first and r:
+        if d == first and r:
             out_.reserve(r)
             memcpy(out_.data, first, <size_t>r * sizeof(kernel.page_region))
-        d0 = NULL
+        d = NULL
         out_.n = k0 + r
         walk_end = a.walk_end
         if walk_end >= end or (max_pages and found >= max_pages):

@@ -127,10 +127,8 @@ static int pagescan_simd_get(void)
 static Py_ssize_t
 pagescan_skip_u64(const uint64_t *c, Py_ssize_t i, Py_ssize_t n, uint64_t s, uint64_t w)
 {
-    if (pagescan_use_avx2 < 0)
-        pagescan_simd_set(-1);
-    return pagescan_use_avx2 ? pagescan_skip_u64_avx2(c, i, n, s, w)
-                             : pagescan_skip_u64_sse2(c, i, n, s, w);
+    return pagescan_simd_get() ? pagescan_skip_u64_avx2(c, i, n, s, w)
+                               : pagescan_skip_u64_sse2(c, i, n, s, w);
 }
 #define PAGESCAN_HAVE_SKIP 1
 #else
@@ -266,9 +264,10 @@ PAGESCAN_DEFINE_SCAN(pagescan_scan_u8, uint8_t, 0, 0)
  * one test of the low bits, for the rare entry whose bits 56-63 are clear). The
  * branchy per-bit form cost 2.2 ns per entry, most of the soft-dirty read path's own
  * time; this one 0.7 (0.46 with AVX2, cloned for it where the compiler can).
- * sdw: WRITTEN is bit 55 (the soft-dirty backend's view). The PFNZERO test (which
- * needs the zero page's PFN) is the caller's. The category bits are
- * pagescan.Category's (PAGE_IS_*): the tests hold this against the reference. */
+ * sdw: WRITTEN is bit 55 (the soft-dirty backend's view). have_zero: PFNZERO for a
+ * present page whose PFN is zpfn (a test of the low bits for every entry: then
+ * entry by entry, no table). The category bits are pagescan.Category's
+ * (PAGE_IS_*): the tests hold this against the reference. */
 #define PS_BIT(e, from, to) ((((e) >> (from)) & 1) << (to))
 static inline uint64_t
 pagescan_entry_categories(uint64_t e, uint64_t base, uint64_t none_cat, int sdw)
@@ -292,10 +291,20 @@ pagescan_entry_categories(uint64_t e, uint64_t base, uint64_t none_cat, int sdw)
 
 PAGESCAN_CLONES static void
 pagescan_pagemap_categories(const uint64_t *src, uint64_t *dst, Py_ssize_t n,
-                            uint64_t base, uint64_t none_cat, int sdw)
+                            uint64_t base, uint64_t none_cat, int sdw,
+                            int have_zero, uint64_t zpfn)
 {
+    const uint64_t pfn_mask = ((uint64_t)1 << 55) - 1;
     uint64_t table[512], none0, none1;
     Py_ssize_t i;
+    if (have_zero) {
+        for (i = 0; i < n; i++) {
+            uint64_t e = src[i];
+            dst[i] = pagescan_entry_categories(e, base, none_cat, sdw)
+                   | ((uint64_t)((e >> 63) && (e & pfn_mask) == zpfn) << 5);   /* PFNZERO */
+        }
+        return;
+    }
     if (n < 2048) {                     /* the table costs about 512 entries' worth */
         for (i = 0; i < n; i++)
             dst[i] = pagescan_entry_categories(src[i], base, none_cat, sdw);

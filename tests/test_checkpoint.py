@@ -727,21 +727,26 @@ def test_pages_collected_by_a_save_that_fails_early_stay_due(tmp_path: Path,
     assert ck.restore(path) == bytes(mem)
 
 
-def test_one_scans_spans_join_as_merge_does():
-    """save() turns one scan's sorted spans into runs without sorting: the same runs
-    as merge() gives, touching and overlapping spans joined, with and without carry."""
+def test_merge_joins_touching_and_overlapping_runs():
+    """merge() (a save's runs: one scan's, sorted, plus the carry of a failed save)
+    gives the bytes of its inputs as sorted runs, touching and overlapping ones
+    joined, with and without carry."""
+    import itertools
     import random
 
-    from pagescan.checkpoint import _spans_to_runs, merge
+    from pagescan.checkpoint import merge
     rng = random.Random(7)
     for _ in range(300):
-        spans, pos = [], 0
+        runs, pos = [], 0
         for _ in range(rng.randrange(0, 12)):
             pos += rng.choice([0, 0, 1, 4096, 9000])        # touching, or a gap
-            end = pos + rng.choice([1, 4096, 8192, 12288])
-            spans.append((pos, end))
-            pos = end - rng.choice([0, 0, 0, 1])             # sometimes overlapping
+            n = rng.choice([1, 4096, 8192, 12288])
+            runs.append((pos, n))
+            pos = pos + n - rng.choice([0, 0, 0, 1])         # sometimes overlapping
         carry = [(rng.randrange(0, 60000), rng.randrange(1, 9000))
                  for _ in range(rng.choice([0, 0, 2]))]
-        want = merge(((s, e - s) for s, e in spans), carry)
-        assert _spans_to_runs(spans, carry) == want, (spans, carry)
+        got = merge(runs, carry)
+        covered = {b for o, n in [*runs, *carry] for b in range(o, o + n)}
+        assert {b for o, n in got for b in range(o, o + n)} == covered
+        assert all(o + n < o2 for (o, n), (o2, _) in itertools.pairwise(got)), got
+        assert all(n > 0 for _, n in got)

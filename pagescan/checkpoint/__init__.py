@@ -58,27 +58,15 @@ def __getattr__(name: str) -> Any:
 
 
 def merge(*run_lists: Iterable[tuple[int, int]]) -> Runs:
-    """The union of ``(offset, length)`` runs, sorted, touching runs joined."""
-    spans = sorted((o, o + n) for runs in run_lists for o, n in runs if n > 0)
-    out: list[list[int]] = []
-    for s, e in spans:
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e - s) for s, e in out]
-
-
-def _spans_to_runs(spans: list[tuple[int, int]], carry: Runs) -> Runs:
-    """Sorted ``(start, end)`` spans (one scan's) joined with ``carry`` runs, as
-    :func:`merge` gives them; without carry, in one pass (no sort)."""
-    if carry:
-        return merge(((s, e - s) for s, e in spans), carry)
-    out: list[tuple[int, int]] = []
+    """The union of ``(offset, length)`` runs, sorted, touching runs joined (one
+    pass after the sort, which costs little on a scan's already sorted runs)."""
+    spans = sorted([(o, o + n) for runs in run_lists for o, n in runs if n > 0])
+    out: Runs = []
     ps = pe = -1
     for s, e in spans:
         if s <= pe:
-            pe = max(pe, e)
+            if e > pe:
+                pe = e
         else:
             if pe >= 0:
                 out.append((ps, pe - ps))
@@ -450,12 +438,11 @@ class Checkpoint(_Base):
         state = "closed" if self.closed else f"{self.mode}, {self.length} bytes"
         return f"<pagescan.checkpoint.Checkpoint {self.path!r} {state}>"
 
-    def _dirty(self) -> list[tuple[int, int]]:
-        """The written ``(start, end)`` byte spans, collected and reset in one step
-        (sorted: they come from one scan)."""
+    def _dirty(self) -> Runs:
+        """The written ``(offset, length)`` runs, collected and reset in one step."""
         assert self._tracker is not None
         t = self._tracker
-        return t.offsets(t.collect(reset=True).regions)
+        return [(o, e - o) for o, e in t.offsets(t.collect(reset=True).regions)]
 
     def save(self, *, wait: bool = True) -> Any:
         """Save the pages written since the previous save (the first save after
@@ -469,7 +456,7 @@ class Checkpoint(_Base):
         number = self._next
         base = self._need_base
         dirty = self._dirty()                 # collected and reset in one step
-        runs = [(0, self.length)] if base else _spans_to_runs(dirty, self._carry)
+        runs = [(0, self.length)] if base else merge(dirty, self._carry)
         if self.mode == "inline":
             return self._save_inline(number, base, runs, wait)
         return self._save_fork(number, base, runs, wait)

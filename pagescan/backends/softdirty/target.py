@@ -35,6 +35,11 @@ _OR_W = bytes(v | W for v in range(256))
 # ------------------------------------------------------------------------ per process
 
 
+def _whole(start: int, end: int) -> bool:
+    """Whether ``[start, end)`` is the whole user address space."""
+    return start == 0 and end >= USER_TOP
+
+
 class _Range:
     """One tracked range and its pending written pages (folded before a clear)."""
 
@@ -45,7 +50,7 @@ class _Range:
         #: a whole-process tracker: every mapping of the process, read-only and
         #: PROT_NONE ones too (a page written before an mprotect(PROT_READ) keeps its
         #: bit, which clear_refs would erase unseen if the span left it out)
-        self.whole = start == 0 and end >= USER_TOP
+        self.whole = _whole(start, end)
         self.pending: Runs = []
 
     def span(self, vmas: Sequence[Mapping]) -> Runs:
@@ -82,7 +87,7 @@ class Target:
         answer for it alone (6.11+: PROCMAP_QUERY, a few ioctls instead of generating
         and parsing the whole maps text, which cost 0.5 ms a scan); for the whole
         address space, all of maps."""
-        if start == 0 and end >= USER_TOP:
+        if _whole(start, end):
             return self.kernel.maps()
         return self.kernel.mappings_in(start, end)
 
